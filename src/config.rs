@@ -1,0 +1,147 @@
+//! Every setting of the server and its default, in one place.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+/// The protocol a server speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ProtocolKind {
+    /// Every byte read is written back.
+    Echo,
+    /// HTTP/1.1 `Hello, World!` with keep-alive and pipelining.
+    Http,
+    /// A stream of {"Uid","Val"} JSON messages, one answer line each.
+    Json,
+}
+
+/// reactor: a TCP server on the operating system's event loop, one loop per thread.
+#[derive(Clone, Debug, Parser)]
+#[command(name = "reactor", version, about, long_about = None)]
+pub struct Config {
+    /// Address to listen on.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    pub addr: SocketAddr,
+
+    /// Protocol to speak.
+    #[arg(long, value_enum, default_value_t = ProtocolKind::Http)]
+    pub protocol: ProtocolKind,
+
+    /// Reactor threads, each with its own SO_REUSEPORT listener (0 = one per CPU).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+
+    /// Listen backlog (the kernel caps it at net.core.somaxconn).
+    #[arg(long, default_value_t = 4096)]
+    pub backlog: i32,
+
+    /// TCP keep-alive idle time of accepted sockets, in seconds (0 = off).
+    #[arg(long, default_value_t = 60)]
+    pub keepalive_secs: u64,
+
+    /// Close a connection with no request in progress after this long ("60", "60s",
+    /// "500ms"; 0 = never).
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+
+    /// Close a connection whose request is not complete this long after its first byte;
+    /// later bytes do not extend it (0 = never).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub read_timeout: Duration,
+
+    /// Close a connection whose pending output makes no progress for this long
+    /// (0 = never).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub write_timeout: Duration,
+
+    /// Most concurrent connections, over all threads; past it new connections are
+    /// accepted and closed at once, and counted as rejected. 0 = the open-files limit
+    /// less a reserve of 32 descriptors.
+    #[arg(long, default_value_t = 0)]
+    pub max_connections: usize,
+
+    /// Stop reading from a connection while its unsent output is above this many bytes.
+    #[arg(long, default_value_t = 64 * 1024)]
+    pub high_water: usize,
+
+    /// Hold every answer back this many milliseconds (on the timer wheel, never by
+    /// sleeping); each connection's next request is read once its answer is out.
+    #[arg(long, default_value_t = 0)]
+    pub delay_ms: u64,
+
+    /// HTTP: largest request head in bytes (431 past it).
+    #[arg(long, default_value_t = 8192)]
+    pub max_header_bytes: usize,
+
+    /// HTTP: most header lines in a request (431 past it; at most 256).
+    #[arg(long, default_value_t = 100)]
+    pub max_headers: usize,
+
+    /// HTTP: largest request body in bytes (413 past it).
+    #[arg(long, default_value_t = 1 << 20)]
+    pub max_body: u64,
+
+    /// JSON: largest message in bytes (an error line and a close past it).
+    #[arg(long, default_value_t = 64 * 1024)]
+    pub max_message: usize,
+
+    /// On SIGINT/SIGTERM, wait this long for requests in progress before cutting them.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+
+    /// Idle 4 KB buffers each thread keeps for reuse; more are freed.
+    #[arg(long, default_value_t = 1024)]
+    pub pool_buffers: usize,
+
+    /// Log a line of counters every this often (0 = only at exit).
+    #[arg(long, default_value = "0", value_parser = parse_duration)]
+    pub stats_interval: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config::parse_from(["reactor"])
+    }
+}
+
+/// Parses "30" (seconds), "30s", "250ms", "2m".
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration (try 30s or 250ms)"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(format!("`{s}`: unknown unit `{unit}` (use ms, s or m)")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("fast").is_err());
+        assert!(parse_duration("3h").is_err());
+    }
+
+    #[test]
+    fn defaults() {
+        let c = Config::default();
+        assert_eq!(c.addr.port(), 8080);
+        assert_eq!(c.idle_timeout, Duration::from_secs(60));
+        assert_eq!(c.read_timeout, Duration::from_secs(30));
+        assert_eq!(c.high_water, 65536);
+    }
+}

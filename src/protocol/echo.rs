@@ -1,0 +1,57 @@
+//! `echo`: every byte read is written back, in order.
+
+use bytes::BytesMut;
+
+use super::{Cx, Decoded, Next, Protocol};
+
+/// Writes back every byte it reads. Each read counts as one request.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Echo;
+
+impl Protocol for Echo {
+    type State = ();
+
+    fn decode(&self, _: &mut (), input: &[u8], out: &mut BytesMut, cx: &Cx) -> Decoded {
+        if input.is_empty() {
+            return Decoded::default();
+        }
+        if cx.full(out, 0) {
+            return Decoded {
+                next: Next::Yield,
+                ..Decoded::default()
+            };
+        }
+        let room = cx.out_limit.saturating_sub(out.len());
+        let n = input.len().min(room);
+        out.extend_from_slice(&input[..n]);
+        Decoded {
+            consumed: n,
+            requests: 1,
+            errors: 0,
+            next: if n < input.len() {
+                Next::Yield
+            } else {
+                Next::NeedMore
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::Clock;
+
+    #[test]
+    fn echoes_up_to_the_output_limit() {
+        let clock = Clock::default();
+        let mut cx = Cx::new(&clock);
+        cx.out_limit = 4;
+        let mut out = BytesMut::new();
+        let d = Echo.decode(&mut (), b"abcdef", &mut out, &cx);
+        assert_eq!((d.consumed, d.next), (4, Next::Yield));
+        assert_eq!(&out[..], b"abcd");
+        let d = Echo.decode(&mut (), b"ef", &mut out, &cx);
+        assert_eq!((d.consumed, d.next), (0, Next::Yield));
+    }
+}

@@ -1,0 +1,378 @@
+//! `http`: HTTP/1.0 and 1.1 answered `200 OK` with `Hello, World!`.
+//!
+//! Keep-alive is the default for 1.1 (`Connection: close` honoured) and opt-in for 1.0
+//! (`Connection: keep-alive`). Pipelined requests are answered in order, each as soon as
+//! its head is parsed. A body announced by `Content-Length` is read and discarded, across
+//! as many reads as it takes, without being buffered. Errors get a status and a close:
+//! 400 for a malformed head or `Content-Length`, 431 for a head over the byte or header
+//! count limit, 413 for a body over `max_body`, 501 for `Transfer-Encoding` (no chunked
+//! bodies: a hello-world endpoint has no use for them, and refusing is safer than
+//! guessing where the request ends).
+
+use std::mem::MaybeUninit;
+
+use bytes::BytesMut;
+
+use super::{Cx, Decoded, Next, Protocol};
+
+/// The most header lines a request may carry, whatever the configuration says.
+pub const HEADER_CAP: usize = 256;
+
+const BODY: &[u8] = b"Hello, World!";
+
+/// The HTTP protocol and its limits.
+#[derive(Clone, Debug)]
+pub struct Http {
+    /// Largest request head (request line and headers), in bytes.
+    pub max_header_bytes: usize,
+    /// Most header lines in a request (at most [`HEADER_CAP`]).
+    pub max_headers: usize,
+    /// Largest request body, in bytes.
+    pub max_body: u64,
+}
+
+impl Default for Http {
+    fn default() -> Self {
+        Http {
+            max_header_bytes: 8192,
+            max_headers: 100,
+            max_body: 1 << 20,
+        }
+    }
+}
+
+/// Per-connection HTTP state: the body bytes still to discard.
+#[derive(Default, Debug)]
+pub struct HttpState {
+    body_left: u64,
+}
+
+enum Head {
+    Ok {
+        keep_alive: bool,
+        v10: bool,
+        head: bool,
+        body: u64,
+        expect: bool,
+    },
+    Error(&'static [u8]),
+}
+
+impl Http {
+    fn parse_head(&self, req: &httparse::Request) -> Head {
+        let v10 = req.version == Some(0);
+        let mut keep_alive = !v10;
+        let mut length: Option<u64> = None;
+        let mut expect = false;
+        if req.headers.len() > self.max_headers {
+            return Head::Error(H431);
+        }
+        for h in req.headers.iter() {
+            if h.name.eq_ignore_ascii_case("content-length") {
+                let Some(n) = parse_length(h.value) else {
+                    return Head::Error(H400);
+                };
+                if length.is_some_and(|l| l != n) {
+                    return Head::Error(H400);
+                }
+                length = Some(n);
+            } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+                return Head::Error(H501);
+            } else if h.name.eq_ignore_ascii_case("connection") {
+                for token in h.value.split(|&b| b == b',') {
+                    let t = token.trim_ascii();
+                    if t.eq_ignore_ascii_case(b"close") {
+                        keep_alive = false;
+                    } else if t.eq_ignore_ascii_case(b"keep-alive") && v10 {
+                        keep_alive = true;
+                    }
+                }
+            } else if h.name.eq_ignore_ascii_case("expect") {
+                if !h.value.eq_ignore_ascii_case(b"100-continue") {
+                    return Head::Error(H417);
+                }
+                expect = true;
+            }
+        }
+        let body = length.unwrap_or(0);
+        if body > self.max_body {
+            return Head::Error(H413);
+        }
+        Head::Ok {
+            keep_alive,
+            v10,
+            head: req.method == Some("HEAD"),
+            body,
+            expect,
+        }
+    }
+}
+
+fn parse_length(v: &[u8]) -> Option<u64> {
+    let v = v.trim_ascii();
+    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    v.iter().try_fold(0u64, |n, d| {
+        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    })
+}
+
+const H400: &[u8] = b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: 12\r\nConnection: close\r\n\r\nBad Request\n";
+const H413: &[u8] = b"HTTP/1.1 413 Content Too Large\r\nContent-Type: text/plain\r\nContent-Length: 18\r\nConnection: close\r\n\r\nContent Too Large\n";
+const H417: &[u8] = b"HTTP/1.1 417 Expectation Failed\r\nContent-Type: text/plain\r\nContent-Length: 19\r\nConnection: close\r\n\r\nExpectation Failed\n";
+const H431: &[u8] = b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Type: text/plain\r\nContent-Length: 32\r\nConnection: close\r\n\r\nRequest Header Fields Too Large\n";
+const H501: &[u8] = b"HTTP/1.1 501 Not Implemented\r\nContent-Type: text/plain\r\nContent-Length: 16\r\nConnection: close\r\n\r\nNot Implemented\n";
+
+fn respond(out: &mut BytesMut, cx: &Cx, keep_alive: bool, v10: bool, head: bool) {
+    out.extend_from_slice(if v10 {
+        b"HTTP/1.0 200 OK\r\nServer: reactor\r\nContent-Type: text/plain\r\nContent-Length: 13\r\nDate: "
+    } else {
+        b"HTTP/1.1 200 OK\r\nServer: reactor\r\nContent-Type: text/plain\r\nContent-Length: 13\r\nDate: "
+    });
+    out.extend_from_slice(cx.clock.http_date());
+    out.extend_from_slice(match (keep_alive, v10) {
+        (true, false) => b"\r\n\r\n".as_slice(),
+        (true, true) => b"\r\nConnection: keep-alive\r\n\r\n",
+        (false, _) => b"\r\nConnection: close\r\n\r\n",
+    });
+    if !head {
+        out.extend_from_slice(BODY);
+    }
+}
+
+impl Protocol for Http {
+    type State = HttpState;
+
+    fn decode(&self, st: &mut HttpState, input: &[u8], out: &mut BytesMut, cx: &Cx) -> Decoded {
+        let mut d = Decoded::default();
+        loop {
+            if st.body_left > 0 {
+                let take = st.body_left.min((input.len() - d.consumed) as u64);
+                d.consumed += take as usize;
+                st.body_left -= take;
+                if st.body_left > 0 {
+                    return d;
+                }
+            }
+            let rest = &input[d.consumed..];
+            if rest.is_empty() {
+                return d;
+            }
+            if cx.full(out, d.requests) {
+                d.next = Next::Yield;
+                return d;
+            }
+            let mut headers = [const { MaybeUninit::<httparse::Header>::uninit() }; HEADER_CAP];
+            let mut req = httparse::Request::new(&mut []);
+            let error = match req.parse_with_uninit_headers(rest, &mut headers) {
+                Ok(httparse::Status::Partial) => {
+                    if rest.len() > self.max_header_bytes {
+                        H431
+                    } else {
+                        return d;
+                    }
+                }
+                Ok(httparse::Status::Complete(n)) if n > self.max_header_bytes => H431,
+                Ok(httparse::Status::Complete(n)) => match self.parse_head(&req) {
+                    Head::Ok {
+                        keep_alive,
+                        v10,
+                        head,
+                        body,
+                        expect,
+                    } => {
+                        if expect && body > 0 && !v10 {
+                            out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+                        }
+                        respond(out, cx, keep_alive, v10, head);
+                        d.requests += 1;
+                        d.consumed += n;
+                        st.body_left = body;
+                        if !keep_alive {
+                            d.next = Next::Close;
+                            return d;
+                        }
+                        continue;
+                    }
+                    Head::Error(e) => e,
+                },
+                Err(httparse::Error::TooManyHeaders) => H431,
+                Err(_) => H400,
+            };
+            out.extend_from_slice(error);
+            d.requests += 1;
+            d.errors += 1;
+            d.consumed = input.len();
+            d.next = Next::Close;
+            return d;
+        }
+    }
+
+    fn in_request(&self, st: &HttpState) -> bool {
+        st.body_left > 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::Clock;
+
+    /// Feeds `input` in pieces of `step` bytes the way the reactor does (unconsumed bytes
+    /// are offered again with the next piece) and returns the output and the last `Next`.
+    fn run(p: &Http, input: &[u8], step: usize) -> (Vec<u8>, Next, usize) {
+        let clock = Clock::default();
+        let cx = Cx::new(&clock);
+        let mut st = HttpState::default();
+        let mut out = BytesMut::new();
+        let mut pending = Vec::new();
+        let mut next = Next::NeedMore;
+        let mut requests = 0;
+        for chunk in input.chunks(step.max(1)) {
+            pending.extend_from_slice(chunk);
+            let d = p.decode(&mut st, &pending, &mut out, &cx);
+            pending.drain(..d.consumed);
+            requests += d.requests;
+            next = d.next;
+            if next == Next::Close {
+                break;
+            }
+        }
+        (out.to_vec(), next, requests)
+    }
+
+    fn count(hay: &[u8], needle: &[u8]) -> usize {
+        hay.windows(needle.len()).filter(|w| *w == needle).count()
+    }
+
+    #[test]
+    fn pipelined_requests_split_at_every_byte_give_the_same_answers() {
+        let input = b"GET / HTTP/1.1\r\nHost: a\r\n\r\nPOST /x HTTP/1.1\r\nContent-Length: 5\r\n\r\nhelloGET /y HTTP/1.1\r\nHost: b\r\n\r\n";
+        let (whole, next, n) = run(&Http::default(), input, input.len());
+        assert_eq!((next, n), (Next::NeedMore, 3));
+        assert_eq!(count(&whole, b"HTTP/1.1 200 OK"), 3);
+        for step in 1..input.len() {
+            let (out, next, n) = run(&Http::default(), input, step);
+            assert_eq!((next, n), (Next::NeedMore, 3), "step {step}");
+            assert_eq!(out, whole, "step {step}");
+        }
+    }
+
+    #[test]
+    fn http10_closes_unless_keep_alive_is_asked() {
+        let (out, next, _) = run(&Http::default(), b"GET / HTTP/1.0\r\n\r\n", 100);
+        assert_eq!(next, Next::Close);
+        assert!(out.starts_with(b"HTTP/1.0 200 OK"));
+        assert_eq!(count(&out, b"Connection: close"), 1);
+        let (out, next, _) = run(
+            &Http::default(),
+            b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n",
+            100,
+        );
+        assert_eq!(next, Next::NeedMore);
+        assert_eq!(count(&out, b"Connection: keep-alive"), 1);
+    }
+
+    #[test]
+    fn connection_close_is_honoured_and_head_has_no_body() {
+        let (out, next, _) = run(
+            &Http::default(),
+            b"HEAD / HTTP/1.1\r\nConnection: close\r\n\r\n",
+            100,
+        );
+        assert_eq!(next, Next::Close);
+        assert!(out.ends_with(b"\r\n\r\n"));
+        assert_eq!(count(&out, b"Content-Length: 13"), 1);
+    }
+
+    #[test]
+    fn errors_get_their_status_and_close() {
+        let p = Http {
+            max_header_bytes: 200,
+            max_headers: 3,
+            max_body: 10,
+        };
+        let cases: &[(&[u8], &[u8])] = &[
+            (b"GET / HTTP/1.1\r\nBad Header\r\n\r\n", b"HTTP/1.1 400 "),
+            (b"\x16\x03\x01garbage\r\n\r\n", b"HTTP/1.1 400 "),
+            (
+                b"GET / HTTP/1.1\r\nContent-Length: x\r\n\r\n",
+                b"HTTP/1.1 400 ",
+            ),
+            (
+                b"GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+                b"HTTP/1.1 400 ",
+            ),
+            (
+                b"GET / HTTP/1.1\r\nContent-Length: 11\r\n\r\n",
+                b"HTTP/1.1 413 ",
+            ),
+            (
+                b"GET / HTTP/1.1\r\na: 1\r\nb: 2\r\nc: 3\r\nd: 4\r\n\r\n",
+                b"HTTP/1.1 431 ",
+            ),
+            (
+                b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+                b"HTTP/1.1 501 ",
+            ),
+        ];
+        for (input, status) in cases {
+            let (out, next, _) = run(&p, input, input.len());
+            assert!(
+                out.starts_with(status),
+                "{:?} -> {:?}",
+                String::from_utf8_lossy(input),
+                String::from_utf8_lossy(&out)
+            );
+            assert_eq!(next, Next::Close);
+        }
+        let long = [b"GET /".as_slice(), &[b'a'; 300]].concat();
+        let (out, next, _) = run(&p, &long, 7);
+        assert!(out.starts_with(b"HTTP/1.1 431 "));
+        assert_eq!(next, Next::Close);
+    }
+
+    #[test]
+    fn error_responses_have_correct_content_length() {
+        for r in [H400, H413, H417, H431, H501] {
+            let text = std::str::from_utf8(r).unwrap();
+            let (head, body) = text.split_once("\r\n\r\n").unwrap();
+            assert!(
+                head.contains(&format!("Content-Length: {}\r\n", body.len())),
+                "{head}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_large_body_is_discarded_across_reads() {
+        let mut input = b"POST / HTTP/1.1\r\nContent-Length: 100000\r\n\r\n".to_vec();
+        input.extend(std::iter::repeat_n(b'z', 100_000));
+        input.extend_from_slice(b"GET / HTTP/1.1\r\n\r\n");
+        let p = Http {
+            max_body: 1 << 20,
+            ..Http::default()
+        };
+        let (out, next, n) = run(&p, &input, 4096);
+        assert_eq!((next, n), (Next::NeedMore, 2));
+        assert_eq!(count(&out, b"200 OK"), 2);
+    }
+
+    #[test]
+    fn yields_at_the_output_limit_and_resumes() {
+        let clock = Clock::default();
+        let mut cx = Cx::new(&clock);
+        cx.max_requests = 1;
+        let input = b"GET / HTTP/1.1\r\n\r\nGET / HTTP/1.1\r\n\r\n";
+        let mut st = HttpState::default();
+        let mut out = BytesMut::new();
+        let d = Http::default().decode(&mut st, input, &mut out, &cx);
+        assert_eq!((d.requests, d.next), (1, Next::Yield));
+        let d2 = Http::default().decode(&mut st, &input[d.consumed..], &mut out, &cx);
+        assert_eq!(
+            (d2.requests, d2.next, d.consumed + d2.consumed),
+            (1, Next::NeedMore, input.len())
+        );
+    }
+}
