@@ -378,15 +378,17 @@ impl<P: Protocol> Shard<P> {
             self.accept_pending = false;
             self.accept_resume_at = None;
             self.drain_deadline = Some(self.core.now + self.core.set.drain_ms);
-            let quiet: Vec<usize> = self
-                .conns
-                .iter()
-                .filter(|(_, c)| c.is_quiet() || c.has(LINGER))
-                .map(|(k, _)| k)
-                .collect();
-            for key in quiet {
-                let conn = self.conns.remove(key);
-                self.core.close(conn, Close::Normal);
+            // Drive every connection once more before judging it idle: a request whose
+            // bytes arrived with the signal is served, not dropped. `drive` closes what
+            // is quiet once draining is set.
+            let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+            for key in keys {
+                if self.conns.get(key).is_some_and(|c| c.has(LINGER)) {
+                    let conn = self.conns.remove(key);
+                    self.core.close(conn, Close::Normal);
+                } else {
+                    self.drive(key);
+                }
             }
             info!(
                 "shard {}: draining {} connections with requests in progress",
@@ -443,11 +445,16 @@ impl<P: Protocol> Core<P> {
         self.flush(reg, conn, key)?;
         let mut budget = READ_BUDGET;
         loop {
-            if conn.held_until != 0
-                || conn.has(CLOSE_AFTER_FLUSH)
-                || conn.out_len() >= self.set.high_water
-            {
+            if conn.held_until != 0 || conn.has(CLOSE_AFTER_FLUSH) {
                 break;
+            }
+            if conn.out_len() >= self.set.high_water {
+                // Backpressure: read no more until the output is below the mark. Try a
+                // write first; only if the peer is not taking it do we wait for WRITABLE.
+                self.flush(reg, conn, key)?;
+                if conn.out_len() >= self.set.high_water {
+                    break;
+                }
             }
             if budget == 0 {
                 self.requeue.push(key);

@@ -1,0 +1,292 @@
+//! Shared test helpers: start the real `reactor` binary on port 0, read its log, talk to
+//! it over real sockets on 127.0.0.1, stop it with SIGTERM.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// Generous: the machine running the tests may be loaded.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+pub struct Server {
+    pub child: Child,
+    pub addr: SocketAddr,
+    log: Arc<(Mutex<Vec<String>>, Condvar)>,
+}
+
+impl Server {
+    /// Starts `reactor` with `args`, on 127.0.0.1:0 and one thread unless `args` say
+    /// otherwise, and waits for its "listening on" line.
+    pub fn start(args: &[&str]) -> Server {
+        Server::start_cmd(Command::new(env!("CARGO_BIN_EXE_reactor")), args)
+    }
+
+    /// Like [`start`], running `sh -c "<prefix> exec reactor ..."` (to set limits).
+    pub fn start_with_shell(prefix: &str, args: &[&str]) -> Server {
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(format!("{prefix} exec \"$0\" \"$@\""))
+            .arg(env!("CARGO_BIN_EXE_reactor"));
+        Server::start_cmd(cmd, args)
+    }
+
+    fn start_cmd(mut cmd: Command, args: &[&str]) -> Server {
+        let mut all: Vec<&str> = Vec::new();
+        if !args.contains(&"--addr") {
+            all.extend(["--addr", "127.0.0.1:0"]);
+        }
+        if !args.contains(&"--threads") {
+            all.extend(["--threads", "1"]);
+        }
+        all.extend(args);
+        let mut child = cmd
+            .args(&all)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start reactor");
+        let stderr = child.stderr.take().unwrap();
+        let log: Arc<(Mutex<Vec<String>>, Condvar)> = Default::default();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                eprintln!("[server] {line}");
+                sink.0.lock().unwrap().push(line);
+                sink.1.notify_all();
+            }
+        });
+        let mut s = Server {
+            child,
+            addr: "0.0.0.0:0".parse().unwrap(),
+            log,
+        };
+        let line = s
+            .wait_for_line(|l| l.contains("listening on "))
+            .expect("server printed its address");
+        let rest = line.split("listening on ").nth(1).unwrap();
+        s.addr = rest
+            .split(':')
+            .take(2)
+            .collect::<Vec<_>>()
+            .join(":")
+            .parse()
+            .unwrap();
+        s
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Waits (up to [`DEADLINE`]) for a log line matching `pred`.
+    pub fn wait_for_line(&self, pred: impl Fn(&str) -> bool) -> Option<String> {
+        self.wait_for_line_after(0, pred)
+    }
+
+    /// Like [`wait_for_line`] but looks only at lines from index `from` on.
+    pub fn wait_for_line_after(&self, from: usize, pred: impl Fn(&str) -> bool) -> Option<String> {
+        let end = Instant::now() + DEADLINE;
+        let (lock, cv) = &*self.log;
+        let mut lines = lock.lock().unwrap();
+        loop {
+            if let Some(l) = lines.iter().skip(from).find(|l| pred(l)) {
+                return Some(l.clone());
+            }
+            let now = Instant::now();
+            if now >= end {
+                return None;
+            }
+            lines = cv.wait_timeout(lines, end - now).unwrap().0;
+        }
+    }
+
+    pub fn log_len(&self) -> usize {
+        self.log.0.lock().unwrap().len()
+    }
+
+    pub fn lines(&self) -> Vec<String> {
+        self.log.0.lock().unwrap().clone()
+    }
+
+    /// Waits for a periodic `stats` line (needs `--stats-interval`) satisfying `pred`.
+    pub fn wait_for_stats(
+        &self,
+        pred: impl Fn(&HashMap<String, u64>) -> bool,
+    ) -> Option<HashMap<String, u64>> {
+        self.wait_for_line(|l| l.contains(" stats ") && pred(&counters(l)))
+            .map(|l| counters(&l))
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(self.pid(), sig);
+        }
+    }
+
+    /// SIGTERM, then waits for exit; returns the status and the final counters.
+    pub fn stop(mut self) -> (ExitStatus, HashMap<String, u64>) {
+        self.signal(libc::SIGTERM);
+        let status = self.wait_exit();
+        let line = self
+            .wait_for_line(|l| l.contains("stopped: "))
+            .expect("server logged its final counters");
+        (status, counters(&line))
+    }
+
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        let end = Instant::now() + DEADLINE;
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st;
+            }
+            assert!(Instant::now() < end, "server did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The server's resident memory in KiB (VmRSS).
+    pub fn rss_kib(&self) -> u64 {
+        let s = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        s.lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap()
+    }
+
+    /// utime + stime of the server, in clock ticks.
+    pub fn cpu_ticks(&self) -> u64 {
+        let s = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap();
+        let after = &s[s.rfind(')').unwrap() + 2..];
+        let f: Vec<&str> = after.split_whitespace().collect();
+        // Fields 14 and 15 of stat(5), counted from field 3 here.
+        f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Parses `key=value` counters out of a log line.
+pub fn counters(line: &str) -> HashMap<String, u64> {
+    line.split_whitespace()
+        .filter_map(|kv| kv.split_once('='))
+        .filter_map(|(k, v)| Some((k.to_string(), v.parse().ok()?)))
+        .collect()
+}
+
+/// Raises this process's open-files soft limit to its hard limit.
+pub fn raise_fd_limit() {
+    reactor::listener::raise_nofile_limit().expect("rlimit");
+}
+
+pub fn connect(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    s.set_write_timeout(Some(DEADLINE)).unwrap();
+    s.set_nodelay(true).unwrap();
+    s
+}
+
+/// Reads until the peer closes (or [`DEADLINE`]); returns what came and whether the
+/// close was seen (EOF or reset).
+pub fn read_to_close(s: &mut TcpStream) -> (Vec<u8>, bool) {
+    let end = Instant::now() + DEADLINE;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    while Instant::now() < end {
+        match s.read(&mut buf) {
+            Ok(0) => return (out, true),
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return (out, true),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut =>
+            {
+                break;
+            }
+            Err(e) => panic!("read: {e}"),
+        }
+    }
+    (out, false)
+}
+
+/// One HTTP response: status, headers (lower-case names), body.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub headers: HashMap<String, String>,
+    pub body: Vec<u8>,
+}
+
+/// Reads one HTTP response (with a Content-Length body) from `r`.
+pub fn read_response(r: &mut impl BufRead) -> Response {
+    let mut line = String::new();
+    r.read_line(&mut line).expect("status line");
+    let mut parts = line.trim_end().splitn(3, ' ');
+    let version = parts.next().unwrap_or_default();
+    assert!(version.starts_with("HTTP/1."), "status line {line:?}");
+    let status = parts
+        .next()
+        .and_then(|s| s.parse().ok())
+        .expect("status code");
+    let mut headers = HashMap::new();
+    loop {
+        let mut h = String::new();
+        r.read_line(&mut h).expect("header line");
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        let (k, v) = h.split_once(':').expect("header has a colon");
+        headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+    }
+    let len: usize = headers
+        .get("content-length")
+        .map(|v| v.parse().expect("numeric content-length"))
+        .unwrap_or(0);
+    let mut body = vec![0; len];
+    r.read_exact(&mut body).expect("body");
+    Response {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// Writes all of `data`.
+pub fn send(s: &mut TcpStream, data: &[u8]) {
+    s.write_all(data).expect("write");
+}
+
+/// Whether a program is on PATH. Tests that need one fail on CI (CI=true) when it is
+/// missing, since .ci/run installs it, and are skipped with a note elsewhere.
+pub fn have(program: &str) -> bool {
+    let found = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {program}"))
+        .stdout(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !found {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{program} is missing on CI"
+        );
+        eprintln!("skipping: {program} is not installed (bash .ci/run installs it)");
+    }
+    found
+}

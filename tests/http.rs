@@ -1,0 +1,216 @@
+mod common;
+
+use std::io::{BufReader, Read};
+use std::process::Command;
+
+use common::*;
+
+#[test]
+fn http_round_trip_and_keep_alive() {
+    let srv = Server::start(&["--protocol", "http"]);
+    let c = connect(srv.addr);
+    let mut w = c.try_clone().unwrap();
+    let mut r = BufReader::new(c);
+    for _ in 0..3 {
+        send(&mut w, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+        let resp = read_response(&mut r);
+        assert_eq!(resp.status, 200);
+        assert_eq!(resp.body, b"Hello, World!");
+        assert_eq!(resp.headers["content-type"], "text/plain");
+        assert!(resp.headers["date"].ends_with(" GMT"), "{:?}", resp.headers);
+        assert!(!resp.headers.contains_key("connection"));
+    }
+    send(&mut w, b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n");
+    let resp = read_response(&mut r);
+    assert_eq!(resp.headers["connection"], "close");
+    let mut rest = Vec::new();
+    r.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty(), "closed after Connection: close");
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_order() {
+    let srv = Server::start(&["--protocol", "http"]);
+    let c = connect(srv.addr);
+    let mut w = c.try_clone().unwrap();
+    let mut r = BufReader::new(c);
+    // 200 requests in one write, mixing methods, with a body to discard in the middle
+    // and a HEAD (no body) to prove the order.
+    let mut batch = Vec::new();
+    for i in 0..200 {
+        match i % 3 {
+            0 => batch.extend_from_slice(b"GET / HTTP/1.1\r\n\r\n"),
+            1 => batch
+                .extend_from_slice(b"POST /p HTTP/1.1\r\nContent-Length: 11\r\n\r\nhello world"),
+            _ => batch.extend_from_slice(b"HEAD / HTTP/1.1\r\n\r\n"),
+        }
+    }
+    send(&mut w, &batch);
+    for i in 0..200 {
+        if i % 3 == 2 {
+            // A HEAD answer has Content-Length 13 but no body: read the head by hand.
+            let mut head = Vec::new();
+            while !head.ends_with(b"\r\n\r\n") {
+                let mut b = [0u8; 1];
+                r.read_exact(&mut b).unwrap();
+                head.push(b[0]);
+            }
+            assert!(head.starts_with(b"HTTP/1.1 200 OK"));
+        } else {
+            let resp = read_response(&mut r);
+            assert_eq!(
+                (resp.status, &resp.body[..]),
+                (200, &b"Hello, World!"[..]),
+                "request {i}"
+            );
+        }
+    }
+}
+
+#[test]
+fn http10_closes_unless_keep_alive() {
+    let srv = Server::start(&["--protocol", "http"]);
+    let mut c = connect(srv.addr);
+    send(&mut c, b"GET / HTTP/1.0\r\n\r\n");
+    let (got, closed) = read_to_close(&mut c);
+    assert!(closed);
+    let resp = read_response(&mut &got[..]);
+    assert_eq!(resp.status, 200);
+
+    let c = connect(srv.addr);
+    let mut w = c.try_clone().unwrap();
+    let mut r = BufReader::new(c);
+    for _ in 0..2 {
+        send(&mut w, b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+        let resp = read_response(&mut r);
+        assert_eq!(resp.headers["connection"], "keep-alive");
+    }
+}
+
+#[test]
+fn curl_gets_hello_world() {
+    if !have("curl") {
+        return;
+    }
+    let srv = Server::start(&["--protocol", "http"]);
+    let url = format!("http://{}/", srv.addr);
+    let out = Command::new("curl")
+        .args(["-sv", "--max-time", "20", &url])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "curl failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout, b"Hello, World!");
+    let trace = String::from_utf8_lossy(&out.stderr);
+    assert!(trace.contains("< HTTP/1.1 200 OK"), "{trace}");
+    assert!(trace.contains("< Content-Length: 13"), "{trace}");
+    // A POST with a body that curl sends with Expect: 100-continue.
+    let body = "x".repeat(2 << 20);
+    let big = srv.addr;
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "--max-time",
+            "20",
+            "-H",
+            "Expect: 100-continue",
+            "--data-binary",
+            "@-",
+            &format!("http://{big}/"),
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut ch| {
+            use std::io::Write;
+            ch.stdin
+                .take()
+                .unwrap()
+                .write_all(&body.as_bytes()[..1 << 20])?;
+            ch.wait_with_output()
+        })
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(out.stdout, b"Hello, World!");
+}
+
+#[test]
+fn wrk_load_gets_only_200s() {
+    if !have("wrk") {
+        return;
+    }
+    let srv = Server::start(&["--protocol", "http"]);
+    let url = format!("http://{}/", srv.addr);
+    let out = Command::new("wrk")
+        .args(["-t1", "-c20", "-d1s", "--timeout", "10s", &url])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(!text.contains("Non-2xx"), "{text}");
+    assert!(!text.contains("Socket errors"), "{text}");
+    let requests: u64 = text
+        .lines()
+        .find(|l| l.contains("requests in"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .expect("wrk summary");
+    assert!(requests > 0);
+    let (_, stats) = srv.stop();
+    assert!(stats["requests"] >= requests);
+    assert_eq!(stats["bad_requests"], 0);
+}
+
+#[test]
+fn malformed_requests_get_their_status_while_another_connection_is_served() {
+    let srv = Server::start(&[
+        "--protocol",
+        "http",
+        "--max-header-bytes",
+        "1024",
+        "--max-body",
+        "100",
+    ]);
+    let good = connect(srv.addr);
+    let mut gw = good.try_clone().unwrap();
+    let mut gr = BufReader::new(good);
+    let cases: &[(&[u8], u16)] = &[
+        (b"NOT HTTP AT ALL\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost x\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nContent-Length: -1\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nContent-Length: 101\r\n\r\n", 413),
+        (
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            501,
+        ),
+    ];
+    let long_header = format!("GET / HTTP/1.1\r\nX-Long: {}\r\n\r\n", "a".repeat(2000));
+    let many_headers = format!("GET / HTTP/1.1\r\n{}\r\n", "A: b\r\n".repeat(150));
+    let mut all: Vec<(Vec<u8>, u16)> = cases.iter().map(|(b, s)| (b.to_vec(), *s)).collect();
+    all.push((long_header.into_bytes(), 431));
+    all.push((many_headers.into_bytes(), 431));
+    for (input, want) in all {
+        let mut bad = connect(srv.addr);
+        send(&mut bad, &input);
+        let (got, closed) = read_to_close(&mut bad);
+        assert!(closed, "closed after {want}");
+        let resp = read_response(&mut &got[..]);
+        assert_eq!(
+            resp.status,
+            want,
+            "for {:?}",
+            String::from_utf8_lossy(&input[..input.len().min(60)])
+        );
+        assert_eq!(resp.headers["connection"], "close");
+        // The other connection is undisturbed.
+        send(&mut gw, b"GET / HTTP/1.1\r\n\r\n");
+        let ok = read_response(&mut gr);
+        assert_eq!((ok.status, &ok.body[..]), (200, &b"Hello, World!"[..]));
+    }
+    let (status, stats) = srv.stop();
+    assert!(status.success());
+    assert_eq!(stats["bad_requests"], 7);
+}
