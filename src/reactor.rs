@@ -90,7 +90,7 @@ pub(crate) struct Shard<P: Protocol> {
     fired: Vec<usize>,
     accept_pending: bool,
     accept_resume_at: Option<u64>,
-    fd_starved: bool,
+    fd_warned_at: Option<u64>,
     spare_fd: Option<File>,
     drain_deadline: Option<u64>,
     published: Counters,
@@ -158,7 +158,7 @@ impl<P: Protocol> Shard<P> {
             fired: Vec::new(),
             accept_pending: false,
             accept_resume_at: None,
-            fd_starved: false,
+            fd_warned_at: None,
             spare_fd: File::open("/dev/null").ok(),
             drain_deadline: None,
             published: Counters::default(),
@@ -250,13 +250,6 @@ impl<P: Protocol> Shard<P> {
         for _ in 0..ACCEPT_BUDGET {
             match listener.accept() {
                 Ok((mut sock, _)) => {
-                    if self.fd_starved {
-                        self.fd_starved = false;
-                        info!(
-                            "shard {}: file descriptors available again, accepting",
-                            self.id
-                        );
-                    }
                     if self.conns.len() >= self.core.set.max_conns {
                         self.core.stats.rejected += 1;
                         continue;
@@ -308,13 +301,19 @@ impl<P: Protocol> Shard<P> {
     /// left, pause accepting for a moment.
     fn on_fd_exhaustion(&mut self) {
         self.core.stats.accept_fd_errors += 1;
-        if !self.fd_starved {
-            self.fd_starved = true;
+        // Once a minute at most: under a flood this fires per connection.
+        if self
+            .fd_warned_at
+            .is_none_or(|at| self.core.now >= at + 60_000)
+        {
+            self.fd_warned_at = Some(self.core.now);
             warn!(
-                "shard {}: out of file descriptors with {} connections open; \
-                 closing new connections until some close (raise `ulimit -n`, see tuning/)",
+                "shard {}: out of file descriptors with {} connections open \
+                 ({} failed accepts so far); closing new connections until some close \
+                 (raise `ulimit -n`, see tuning/)",
                 self.id,
-                self.conns.len()
+                self.conns.len(),
+                self.core.stats.accept_fd_errors
             );
         }
         let Some(listener) = self.listener.as_ref() else {
