@@ -182,7 +182,9 @@ impl<P: Protocol> Shard<P> {
                 match ev.token() {
                     LISTENER => self.accept(),
                     WAKER => {}
-                    Token(key) => self.drive(key),
+                    // A short read means the socket is drained, unless the peer also
+                    // closed: then read on to see the EOF (no further edge will come).
+                    Token(key) => self.drive_with(key, ev.is_read_closed() || ev.is_error()),
                 }
             }
             if self.accept_pending {
@@ -229,11 +231,20 @@ impl<P: Protocol> Shard<P> {
         at.map(|a| Duration::from_millis(a.saturating_sub(now) + 1))
     }
 
+    /// Drives a connection with no readiness event in hand: read until WouldBlock.
     fn drive(&mut self, key: usize) {
+        self.drive_with(key, true);
+    }
+
+    /// `read_to_block`: keep reading after a short read, until WouldBlock or EOF.
+    fn drive_with(&mut self, key: usize, read_to_block: bool) {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        match self.core.drive(self.poll.registry(), conn, key) {
+        match self
+            .core
+            .drive(self.poll.registry(), conn, key, read_to_block)
+        {
             Ok(()) => self.core.arm(conn, key),
             Err(why) => {
                 let conn = self.conns.remove(key);
@@ -437,6 +448,7 @@ impl<P: Protocol> Core<P> {
         reg: &Registry,
         conn: &mut Conn<P::State>,
         key: usize,
+        read_to_block: bool,
     ) -> Result<(), Close> {
         if conn.has(LINGER) {
             return self.linger(conn);
@@ -474,6 +486,12 @@ impl<P: Protocol> Core<P> {
                     self.stats.bytes_in += n as u64;
                     conn.last_active = self.now;
                     self.feed(conn, n);
+                    // Edge-triggered: a read shorter than the buffer emptied the socket,
+                    // and bytes arriving later raise a new edge. Skipping the read that
+                    // would only say WouldBlock saves a syscall per request.
+                    if n < self.scratch.len() && !read_to_block && !conn.has(DECODE_PENDING) {
+                        break;
+                    }
                 }
                 Err(e) if would_block(&e) => break,
                 Err(e) if interrupted(&e) => {}
