@@ -1,0 +1,272 @@
+//! reactor-bench against reactor (zero failures, sane figures) and against deliberately
+//! faulty servers (failures reported, non-zero exit).
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::process::Command;
+
+use common::*;
+use serde_json::Value;
+
+fn bench(args: &[&str]) -> (Option<i32>, Value) {
+    let out = Command::new(env!("CARGO_BIN_EXE_reactor-bench"))
+        .args(args)
+        .arg("--json")
+        .output()
+        .expect("run reactor-bench");
+    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{text}");
+    (
+        out.status.code(),
+        serde_json::from_str(&text).expect("JSON report"),
+    )
+}
+
+fn assert_clean_run(v: &Value, conns: u64) {
+    assert_eq!(v["conns_established"], conns);
+    assert_eq!(v["conns_failed"], 0);
+    assert_eq!(v["requests_failed"], 0);
+    assert!(
+        v["requests_ok"].as_u64().unwrap() > conns,
+        "at least a request per connection"
+    );
+    assert!(v["requests_per_sec"].as_f64().unwrap() > 0.0);
+    let l = &v["latency"];
+    let (p50, p99, max) = (
+        l["p50_ms"].as_f64().unwrap(),
+        l["p99_ms"].as_f64().unwrap(),
+        l["max_ms"].as_f64().unwrap(),
+    );
+    assert!(p50 > 0.0 && p50 <= p99 && p99 <= max, "{l}");
+    assert!(v["server_cpu_us_per_request"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn bench_against_reactor_in_each_protocol_reports_no_failures() {
+    for proto in ["echo", "http", "json"] {
+        let srv = Server::start(&["--protocol", proto]);
+        let addr = srv.addr.to_string();
+        let pid = srv.pid().to_string();
+        let (code, v) = bench(&[
+            "--addr",
+            &addr,
+            "--protocol",
+            proto,
+            "--conns",
+            "200",
+            "--duration",
+            "2",
+            "--pipeline",
+            "2",
+            "--server-pid",
+            &pid,
+            "--threads",
+            "2",
+        ]);
+        assert_eq!(code, Some(0), "{proto}");
+        assert_clean_run(&v, 200);
+        let (_, stats) = srv.stop();
+        // The server saw every byte the bench counted (echo counts reads, not payloads).
+        let ok = v["requests_ok"].as_u64().unwrap();
+        match proto {
+            "echo" => assert!(stats["bytes_out"] >= ok * 64, "{proto}"),
+            _ => assert!(
+                stats["requests"] >= ok,
+                "{proto}: server counted every answer"
+            ),
+        }
+    }
+}
+
+#[test]
+fn open_loop_and_fixed_request_count_runs() {
+    let srv = Server::start(&["--protocol", "http"]);
+    let addr = srv.addr.to_string();
+    let (code, v) = bench(&[
+        "--addr",
+        &addr,
+        "--conns",
+        "20",
+        "--rate",
+        "2000",
+        "--duration",
+        "1",
+    ]);
+    assert_eq!(code, Some(0));
+    assert_eq!(v["requests_failed"], 0);
+    let ok = v["requests_ok"].as_u64().unwrap();
+    assert!(
+        (1000..=4000).contains(&ok),
+        "about 2000 requests at 2000/s for 1 s: {ok}"
+    );
+    let (code, v) = bench(&[
+        "--addr",
+        &addr,
+        "--protocol",
+        "http",
+        "--conns",
+        "10",
+        "--requests",
+        "50",
+    ]);
+    assert_eq!(code, Some(0));
+    assert_eq!(v["requests_ok"], 500);
+}
+
+#[test]
+fn idle_mode_reports_memory_per_connection() {
+    let srv = Server::start(&["--protocol", "echo"]);
+    let addr = srv.addr.to_string();
+    let pid = srv.pid().to_string();
+    let (code, v) = bench(&[
+        "--addr",
+        &addr,
+        "--mode",
+        "idle",
+        "--conns",
+        "1000",
+        "--duration",
+        "1",
+        "--server-pid",
+        &pid,
+    ]);
+    assert_eq!(code, Some(0));
+    assert_eq!(v["conns_established"], 1000);
+    assert_eq!(v["conns_closed_by_server"], 0);
+    assert!(v["server_bytes_per_conn"].as_f64().is_some());
+    // The server closes idle connections early: the bench must say so and fail.
+    let srv = Server::start(&["--protocol", "echo", "--idle-timeout", "200ms"]);
+    let addr = srv.addr.to_string();
+    let (code, v) = bench(&[
+        "--addr",
+        &addr,
+        "--mode",
+        "idle",
+        "--conns",
+        "50",
+        "--duration",
+        "2",
+    ]);
+    assert_ne!(code, Some(0));
+    assert_eq!(v["conns_closed_by_server"], 50);
+}
+
+/// A server with a fault: `drop_every` > 0 answers HTTP but drops every n-th response;
+/// otherwise it echoes and flips a byte in every `corrupt_every`-th read.
+fn faulty_server(drop_every: usize, corrupt_every: usize) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { break };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                let mut pending = Vec::new();
+                let mut n = 0usize;
+                let mut answered = 0usize;
+                loop {
+                    let Ok(got) = s.read(&mut buf) else { return };
+                    if got == 0 {
+                        return;
+                    }
+                    n += 1;
+                    if drop_every > 0 {
+                        pending.extend_from_slice(&buf[..got]);
+                        while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                            pending.drain(..end + 4);
+                            answered += 1;
+                            if answered % drop_every != 0 {
+                                let _ = s.write_all(
+                                    b"HTTP/1.1 200 OK\r\nContent-Length: 13\r\n\r\nHello, World!",
+                                );
+                            }
+                        }
+                    } else {
+                        if n % corrupt_every == 0 {
+                            buf[0] ^= 0x20;
+                        }
+                        let _ = s.write_all(&buf[..got]);
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn bench_reports_dropped_responses_and_exits_non_zero() {
+    let addr = faulty_server(10, 0).to_string();
+    let (code, v) = bench(&[
+        "--addr",
+        &addr,
+        "--protocol",
+        "http",
+        "--conns",
+        "20",
+        "--duration",
+        "1",
+        "--timeout",
+        "1",
+    ]);
+    assert_eq!(code, Some(1));
+    assert!(v["requests_failed"].as_u64().unwrap() > 0);
+    assert!(
+        v["first_error"].as_str().unwrap().contains("no answer"),
+        "{}",
+        v["first_error"]
+    );
+}
+
+#[test]
+fn bench_reports_corrupted_bytes_and_exits_non_zero() {
+    let addr = faulty_server(0, 10).to_string();
+    let (code, v) = bench(&[
+        "--addr",
+        &addr,
+        "--protocol",
+        "echo",
+        "--conns",
+        "20",
+        "--duration",
+        "1",
+        "--timeout",
+        "1",
+    ]);
+    assert_eq!(code, Some(1));
+    assert!(v["requests_failed"].as_u64().unwrap() > 0);
+    assert!(
+        v["first_error"].as_str().unwrap().contains("corrupted"),
+        "{}",
+        v["first_error"]
+    );
+}
+
+#[test]
+fn check_reports_missed_targets() {
+    let srv = Server::start(&["--protocol", "http"]);
+    let addr = srv.addr.to_string();
+    let pid = srv.pid().to_string();
+    let (code, v) = bench(&[
+        "--addr",
+        &addr,
+        "--conns",
+        "10",
+        "--duration",
+        "1",
+        "--check",
+        "--server-pid",
+        &pid,
+    ]);
+    // 10 connections cannot meet the 10,000-connection target.
+    assert_eq!(code, Some(3));
+    let misses = v["check_misses"].as_array().unwrap();
+    assert!(
+        misses
+            .iter()
+            .any(|m| m.as_str().unwrap().starts_with("connections")),
+        "{misses:?}"
+    );
+}
