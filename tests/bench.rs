@@ -177,14 +177,14 @@ fn faulty_server(drop_every: usize, corrupt_every: usize) -> SocketAddr {
                         while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
                             pending.drain(..end + 4);
                             answered += 1;
-                            if answered % drop_every != 0 {
+                            if !answered.is_multiple_of(drop_every) {
                                 let _ = s.write_all(
                                     b"HTTP/1.1 200 OK\r\nContent-Length: 13\r\n\r\nHello, World!",
                                 );
                             }
                         }
                     } else {
-                        if n % corrupt_every == 0 {
+                        if n.is_multiple_of(corrupt_every) {
                             buf[0] ^= 0x20;
                         }
                         let _ = s.write_all(&buf[..got]);
