@@ -422,7 +422,10 @@ impl Worker {
                     c.st = St::Ready;
                     self.local[EST] += 1;
                     if self.opts.rate.is_some() && self.opts.mode == Mode::Load {
-                        let jitter = (key as u64 * 7919) % self.interval_ns.max(1);
+                        // Spread the connections' send times evenly over one
+                        // interval, so that the rate is smooth, not bursts.
+                        let n = (self.opts.conns / self.opts.threads).max(1) as u64;
+                        let jitter = self.interval_ns * (key as u64 % n) / n;
                         self.schedule
                             .push(Reverse((now_ns(&self.shared) + jitter, key)));
                     }
@@ -583,8 +586,14 @@ impl Worker {
                 timeout = Duration::from_millis(if per_thread_rate > 0.0 { 1 } else { 0 });
             }
             if let Some(&Reverse((t, _))) = self.schedule.peek() {
+                // epoll waits in whole milliseconds: closer than that, poll without
+                // waiting, so that requests leave on time (the client core is ours).
                 let wait = t.saturating_sub(now_ns(&self.shared));
-                timeout = timeout.min(Duration::from_nanos(wait));
+                timeout = timeout.min(if wait < 1_000_000 {
+                    Duration::ZERO
+                } else {
+                    Duration::from_nanos(wait - 1_000_000)
+                });
             }
             if let Err(e) = self.poll.poll(&mut events, Some(timeout))
                 && e.kind() != io::ErrorKind::Interrupted

@@ -1,0 +1,255 @@
+#!/usr/bin/env bash
+# Side-by-side: reactor against nginx, same machine, same core, same load.
+#
+# Each server gets one core (taskset -c $SERVER_CPU, reactor --threads 1, nginx one
+# worker, access log off, the same "Hello, World!" body); the load runs on another core
+# ($CLIENT_CPU). The servers are measured alternately (A B A B ...), $ROUNDS rounds, and
+# the median of each figure is printed with the ratio reactor/nginx. Figures:
+#   - wrk -t1: requests/s, latency avg and p99, server CPU (utime+stime) per request;
+#   - reactor-bench (closed loop): requests/s, p50/p99/p99.9, server CPU per request;
+#   - reactor-bench --rate (open loop, no coordinated omission): p50/p99/p99.9;
+#   - server RSS (VmRSS, user space only) per connection with $IDLE_CONNS idle ones.
+#
+# Usage: benches/compare.sh [--quick] [--out FILE]
+#   --quick     short runs (2 s, 1 round, 2,000 idle connections): a smoke test
+#   --out FILE  also write the markdown table to FILE
+# Environment: DURATION (s), ROUNDS, CONNS, IDLE_CONNS, RATE, SERVER_CPU, CLIENT_CPU.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-10}
+ROUNDS=${ROUNDS:-3}
+CONNS=${CONNS:-100}
+IDLE_CONNS=${IDLE_CONNS:-10000}
+RATE=${RATE:-20000}
+SERVER_CPU=${SERVER_CPU:-0}
+CLIENT_CPU=${CLIENT_CPU:-1}
+OUT=""
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --quick) DURATION=2; ROUNDS=1; IDLE_CONNS=2000; RATE=5000 ;;
+        --out) OUT=${2:?--out needs a file}; shift ;;
+        -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+        *) echo "compare.sh: unknown argument $1" >&2; sed -n '16,18p' "$0" >&2; exit 2 ;;
+    esac
+    shift
+done
+
+log() { echo "compare: $*" >&2; }
+
+# --- tools -------------------------------------------------------------------------
+need=()
+command -v wrk >/dev/null 2>&1 || need+=(wrk)
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
+if [ ${#need[@]} -gt 0 ]; then
+    log "installing ${need[*]}"
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "compare.sh: need ${need[*]}; run as root or install them" >&2
+        exit 1
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+cargo build --release -q
+REACTOR=target/release/reactor
+BENCH=target/release/reactor-bench
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+WORK=$(mktemp -d)
+SERVER_PID=""
+# shellcheck disable=SC2317  # called by the trap
+cleanup() {
+    if [ -n "$SERVER_PID" ]; then kill "$SERVER_PID" 2>/dev/null || true; fi
+    if [ -f "$WORK/nginx.pid" ]; then kill "$(cat "$WORK/nginx.pid")" 2>/dev/null || true; fi
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+wait_port() {
+    for _ in $(seq 100); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        sleep 0.1
+    done
+    echo "compare.sh: nothing listening on port $1" >&2
+    return 1
+}
+
+# --- servers -------------------------------------------------------------------------
+# start_server NAME PORT: sets SERVER_PID (the process that does the work).
+start_server() {
+    local name=$1 port=$2
+    case "$name" in
+        reactor)
+            taskset -c "$SERVER_CPU" "$REACTOR" --protocol http --threads 1 \
+                --addr "127.0.0.1:$port" --idle-timeout 0 2>"$WORK/reactor.log" &
+            SERVER_PID=$!
+            wait_port "$port"
+            ;;
+        nginx)
+            mkdir -p "$WORK/nginx"
+            cat >"$WORK/nginx.conf" <<EOF
+worker_processes 1;
+worker_rlimit_nofile 20000;
+daemon on;
+pid $WORK/nginx.pid;
+error_log $WORK/nginx-error.log warn;
+events { worker_connections 20000; multi_accept on; }
+http {
+    access_log off;
+    keepalive_requests 1000000;
+    keepalive_timeout 600s;
+    client_body_temp_path $WORK/nginx;
+    proxy_temp_path $WORK/nginx;
+    fastcgi_temp_path $WORK/nginx;
+    uwsgi_temp_path $WORK/nginx;
+    scgi_temp_path $WORK/nginx;
+    server {
+        listen 127.0.0.1:$port backlog=4096;
+        location / { default_type text/plain; return 200 "Hello, World!"; }
+    }
+}
+EOF
+            taskset -c "$SERVER_CPU" "$NGINX" -c "$WORK/nginx.conf" -p "$WORK"
+            wait_port "$port"
+            # The worker does the work; measure it.
+            SERVER_PID=$(pgrep -P "$(cat "$WORK/nginx.pid")" | head -n 1)
+            ;;
+    esac
+}
+
+stop_server() {
+    local name=$1
+    if [ "$name" = nginx ]; then
+        kill "$(cat "$WORK/nginx.pid")" 2>/dev/null || true
+        for _ in $(seq 50); do [ -f "$WORK/nginx.pid" ] || break; sleep 0.1; done
+        rm -f "$WORK/nginx.pid"
+    else
+        kill "$SERVER_PID" 2>/dev/null || true
+        wait "$SERVER_PID" 2>/dev/null || true
+    fi
+    SERVER_PID=""
+    sleep 0.5
+}
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+CLK_TCK=$(getconf CLK_TCK)
+
+# --- one round of every measurement against one server ---------------------------------
+# Appends "metric value" lines to $WORK/NAME.txt
+measure() {
+    local name=$1 port f
+    port=$(free_port)
+    f="$WORK/$name.txt"
+    start_server "$name" "$port"
+    local url="http://127.0.0.1:$port/"
+
+    # wrk, one thread on the client core.
+    local t0 t1 out reqs
+    t0=$(cpu_ticks "$SERVER_PID")
+    out=$(taskset -c "$CLIENT_CPU" wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "$url")
+    t1=$(cpu_ticks "$SERVER_PID")
+    reqs=$(awk '/requests in/ {print $1}' <<<"$out")
+    {
+        echo "wrk_rps $(awk '/Requests\/sec/ {print $2}' <<<"$out")"
+        echo "wrk_avg_ms $(awk '$1 == "Latency" && $2 ~ /^[0-9]/ {print $2; exit}' <<<"$out" | to_ms)"
+        echo "wrk_p99_ms $(awk '$1 == "99%" {print $2; exit}' <<<"$out" | to_ms)"
+        echo "wrk_cpu_us $(awk -v t=$((t1 - t0)) -v r="$reqs" -v hz="$CLK_TCK" 'BEGIN {printf "%.2f", t / hz * 1e6 / r}')"
+    } >>"$f"
+
+    # reactor-bench closed loop, then open loop at a fixed rate.
+    local j
+    j=$(taskset -c "$CLIENT_CPU" "$BENCH" --addr "127.0.0.1:$port" --protocol http \
+        --conns "$CONNS" --duration "$DURATION" --warmup 1 --server-pid "$SERVER_PID" --json --quiet)
+    {
+        echo "bench_rps $(jq_num "$j" requests_per_sec)"
+        echo "bench_p50_ms $(jq_num "$j" p50_ms)"
+        echo "bench_p99_ms $(jq_num "$j" p99_ms)"
+        echo "bench_p999_ms $(jq_num "$j" p999_ms)"
+        echo "bench_cpu_us $(jq_num "$j" server_cpu_us_per_request)"
+    } >>"$f"
+    j=$(taskset -c "$CLIENT_CPU" "$BENCH" --addr "127.0.0.1:$port" --protocol http \
+        --conns "$CONNS" --rate "$RATE" --duration "$DURATION" --warmup 1 --json --quiet)
+    {
+        echo "open_p50_ms $(jq_num "$j" p50_ms)"
+        echo "open_p99_ms $(jq_num "$j" p99_ms)"
+        echo "open_p999_ms $(jq_num "$j" p999_ms)"
+    } >>"$f"
+
+    # Memory with idle connections (two source addresses, for ephemeral ports).
+    j=$(taskset -c "$CLIENT_CPU" "$BENCH" --addr "127.0.0.1:$port" --mode idle \
+        --conns "$IDLE_CONNS" --duration 3 --source-ips 127.0.0.1,127.0.0.2 \
+        --server-pid "$SERVER_PID" --json --quiet)
+    {
+        echo "idle_open $(jq_num "$j" conns_established)"
+        echo "idle_rss_kib $(jq_num "$j" server_rss_peak_kib)"
+        echo "idle_bytes_per_conn $(jq_num "$j" server_bytes_per_conn)"
+    } >>"$f"
+    stop_server "$name"
+}
+
+# wrk prints 512.00us, 1.20ms, 2.00s
+to_ms() {
+    awk '{ v = $1; if (v ~ /us$/) { sub(/us$/, "", v); v /= 1000 } else if (v ~ /ms$/) { sub(/ms$/, "", v) } else if (v ~ /s$/) { sub(/s$/, "", v); v *= 1000 } printf "%.3f", v }'
+}
+
+jq_num() {
+    python3 -c 'import json,sys
+def find(o,k):
+    if isinstance(o,dict):
+        if k in o: return o[k]
+        for v in o.values():
+            r=find(v,k)
+            if r is not None: return r
+    return None
+v=find(json.loads(sys.argv[1]),sys.argv[2])
+print("nan" if v is None else round(float(v),3))' "$1" "$2"
+}
+
+median() { # metric file
+    awk -v m="$1" '$1 == m {print $2}' "$2" | sort -g | awk '{a[NR]=$1} END {if (NR == 0) print "nan"; else if (NR % 2) print a[(NR+1)/2]; else printf "%.3f\n", (a[NR/2] + a[NR/2+1]) / 2}'
+}
+
+log "reactor vs nginx: ${ROUNDS} rounds, ${DURATION}s runs, ${CONNS} connections, server on CPU ${SERVER_CPU}, client on CPU ${CLIENT_CPU}"
+for round in $(seq "$ROUNDS"); do
+    for name in reactor nginx; do
+        log "round $round: $name"
+        measure "$name"
+    done
+done
+
+row() { # label metric better(higher|lower)
+    local r n ratio
+    r=$(median "$2" "$WORK/reactor.txt")
+    n=$(median "$2" "$WORK/nginx.txt")
+    ratio=$(awk -v r="$r" -v n="$n" 'BEGIN { if (n + 0 == 0) print "-"; else printf "%.2f", r / n }')
+    printf '| %s | %s | %s | %s (%s is better) |\n' "$1" "$r" "$n" "$ratio" "$3"
+}
+
+{
+    echo "$(date -u +%Y-%m-%d) · $(nproc) cores, $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo) · $(uname -r) · nginx $("$NGINX" -v 2>&1 | sed 's/.*nginx\///') · median of $ROUNDS alternating rounds of ${DURATION}s"
+    echo
+    echo "| figure | reactor | nginx | ratio reactor/nginx |"
+    echo "|---|---|---|---|"
+    row "wrk -t1 -c$CONNS: requests/s" wrk_rps higher
+    row "wrk: latency avg (ms)" wrk_avg_ms lower
+    row "wrk: latency p99 (ms)" wrk_p99_ms lower
+    row "wrk: server CPU per request (µs)" wrk_cpu_us lower
+    row "reactor-bench -c$CONNS: requests/s" bench_rps higher
+    row "reactor-bench: p50 (ms)" bench_p50_ms lower
+    row "reactor-bench: p99 (ms)" bench_p99_ms lower
+    row "reactor-bench: p99.9 (ms)" bench_p999_ms lower
+    row "reactor-bench: server CPU per request (µs)" bench_cpu_us lower
+    row "open loop $RATE req/s: p50 (ms)" open_p50_ms lower
+    row "open loop $RATE req/s: p99 (ms)" open_p99_ms lower
+    row "open loop $RATE req/s: p99.9 (ms)" open_p999_ms lower
+    row "$IDLE_CONNS idle connections: held open" idle_open higher
+    row "$IDLE_CONNS idle connections: server VmRSS (KiB)" idle_rss_kib lower
+    row "idle: server bytes per connection" idle_bytes_per_conn lower
+} | tee "$WORK/table.md"
+[ -n "$OUT" ] && cp "$WORK/table.md" "$OUT"
+exit 0
