@@ -196,14 +196,14 @@ fn faulty_server(drop_every: usize, corrupt_every: usize) -> SocketAddr {
     addr
 }
 
-#[test]
-fn bench_reports_dropped_responses_and_exits_non_zero() {
-    let addr = faulty_server(10, 0).to_string();
+/// Runs the bench against a faulty server: it must fail, count failures, and say why.
+fn assert_fault_reported(addr: SocketAddr, protocol: &str, why: &str) {
+    let addr = addr.to_string();
     let (code, v) = bench(&[
         "--addr",
         &addr,
         "--protocol",
-        "http",
+        protocol,
         "--conns",
         "20",
         "--duration",
@@ -213,35 +213,18 @@ fn bench_reports_dropped_responses_and_exits_non_zero() {
     ]);
     assert_eq!(code, Some(1));
     assert!(v["requests_failed"].as_u64().unwrap() > 0);
-    assert!(
-        v["first_error"].as_str().unwrap().contains("no answer"),
-        "{}",
-        v["first_error"]
-    );
+    let first = v["first_error"].as_str().unwrap();
+    assert!(first.contains(why), "{first}");
+}
+
+#[test]
+fn bench_reports_dropped_responses_and_exits_non_zero() {
+    assert_fault_reported(faulty_server(10, 0), "http", "no answer");
 }
 
 #[test]
 fn bench_reports_corrupted_bytes_and_exits_non_zero() {
-    let addr = faulty_server(0, 10).to_string();
-    let (code, v) = bench(&[
-        "--addr",
-        &addr,
-        "--protocol",
-        "echo",
-        "--conns",
-        "20",
-        "--duration",
-        "1",
-        "--timeout",
-        "1",
-    ]);
-    assert_eq!(code, Some(1));
-    assert!(v["requests_failed"].as_u64().unwrap() > 0);
-    assert!(
-        v["first_error"].as_str().unwrap().contains("corrupted"),
-        "{}",
-        v["first_error"]
-    );
+    assert_fault_reported(faulty_server(0, 10), "echo", "corrupted");
 }
 
 #[test]

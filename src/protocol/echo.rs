@@ -12,28 +12,19 @@ impl Protocol for Echo {
     type State = ();
 
     fn decode(&self, _: &mut (), input: &[u8], out: &mut BytesMut, cx: &Cx) -> Decoded {
-        if input.is_empty() {
-            return Decoded::default();
-        }
-        if cx.full(out, 0) {
-            return Decoded {
-                next: Next::Yield,
-                ..Decoded::default()
-            };
+        let mut d = Decoded::default();
+        if input.is_empty() || d.at_limit(cx, out) {
+            return d;
         }
         let room = cx.out_limit.saturating_sub(out.len());
         let n = input.len().min(room);
         out.extend_from_slice(&input[..n]);
-        Decoded {
-            consumed: n,
-            requests: 1,
-            errors: 0,
-            next: if n < input.len() {
-                Next::Yield
-            } else {
-                Next::NeedMore
-            },
+        d.consumed = n;
+        d.requests = 1;
+        if n < input.len() {
+            d.next = Next::Yield;
         }
+        d
     }
 }
 

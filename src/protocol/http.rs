@@ -159,8 +159,7 @@ impl Protocol for Http {
             if rest.is_empty() {
                 return d;
             }
-            if cx.full(out, d.requests) {
-                d.next = Next::Yield;
+            if d.at_limit(cx, out) {
                 return d;
             }
             let mut headers = [const { MaybeUninit::<httparse::Header>::uninit() }; HEADER_CAP];

@@ -107,8 +107,7 @@ impl Protocol for Json {
             if rest.is_empty() {
                 return d;
             }
-            if cx.full(out, d.requests) {
-                d.next = Next::Yield;
+            if d.at_limit(cx, out) {
                 return d;
             }
             let mut stream = serde_json::Deserializer::from_slice(rest).into_iter::<&RawValue>();

@@ -17,8 +17,7 @@
 //!     fn decode(&self, _: &mut (), input: &[u8], out: &mut BytesMut, cx: &Cx) -> Decoded {
 //!         let mut d = Decoded::default();
 //!         while let Some(nl) = input[d.consumed..].iter().position(|&b| b == b'\n') {
-//!             if d.requests >= cx.max_requests || out.len() >= cx.out_limit {
-//!                 d.next = Next::Yield;
+//!             if d.at_limit(cx, out) {
 //!                 return d;
 //!             }
 //!             out.extend_from_slice(format!("{nl}\n").as_bytes());
@@ -72,6 +71,18 @@ pub struct Decoded {
     /// Of those, answers that reported an error to the peer.
     pub errors: usize,
     pub next: Next,
+}
+
+impl Decoded {
+    /// Call before answering another request: `true`, with `next` set to
+    /// [`Next::Yield`], when a limit of `cx` forbids it.
+    pub fn at_limit(&mut self, cx: &Cx, out: &BytesMut) -> bool {
+        let full = cx.full(out, self.requests);
+        if full {
+            self.next = Next::Yield;
+        }
+        full
+    }
 }
 
 /// What a decoder may use and must respect.
