@@ -5,9 +5,11 @@
 //! its head is parsed. A body announced by `Content-Length` is read and discarded, across
 //! as many reads as it takes, without being buffered. Errors get a status and a close:
 //! 400 for a malformed head or `Content-Length`, 431 for a head over the byte or header
-//! count limit, 413 for a body over `max_body`, 501 for `Transfer-Encoding` (no chunked
-//! bodies: a hello-world endpoint has no use for them, and refusing is safer than
-//! guessing where the request ends).
+//! count limit, 413 for a body over `max_body`. A chunked body is read and discarded too,
+//! chunk by chunk with its trailers, and answered once it is complete (its size is not
+//! known up front, so `max_body` is checked as it goes). A transfer coding other than
+//! chunked gets 501, and `Transfer-Encoding` together with `Content-Length` gets 400 (the
+//! ambiguity request smuggling lives on).
 
 use std::mem::MaybeUninit;
 
@@ -44,15 +46,43 @@ impl Default for Http {
 /// Per-connection HTTP state: the body bytes still to discard.
 #[derive(Default, Debug)]
 pub struct HttpState {
+    /// Body bytes still to discard: of a Content-Length body, or of the current chunk.
     body_left: u64,
+    /// Chunked body bytes seen so far, against `max_body`.
+    chunked_total: u64,
+    chunk: Chunk,
+    /// The answer owed once a chunked body is complete.
+    owed: Reply,
+}
+
+/// Where a chunked body is.
+#[derive(Default, Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunk {
+    /// No chunked body in progress.
+    #[default]
+    Off,
+    /// Expecting a chunk-size line.
+    Size,
+    /// Discarding chunk data (`body_left` bytes).
+    Data,
+    /// Expecting the CRLF after chunk data.
+    DataEnd,
+    /// Discarding trailer lines until the empty one.
+    Trailer,
+}
+
+#[derive(Default, Debug, Clone, Copy)]
+struct Reply {
+    keep_alive: bool,
+    v10: bool,
+    head: bool,
 }
 
 enum Head {
     Ok {
-        keep_alive: bool,
-        v10: bool,
-        head: bool,
+        reply: Reply,
         body: u64,
+        chunked: bool,
         expect: bool,
     },
     Error(&'static [u8]),
@@ -63,6 +93,7 @@ impl Http {
         let v10 = req.version == Some(0);
         let mut keep_alive = !v10;
         let mut length: Option<u64> = None;
+        let mut chunked = None;
         let mut expect = false;
         if req.headers.len() > self.max_headers {
             return Head::Error(H431);
@@ -77,7 +108,9 @@ impl Http {
                 }
                 length = Some(n);
             } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-                return Head::Error(H501);
+                // Only chunked as the final coding says where the body ends.
+                let last = h.value.rsplit(|&b| b == b',').next().unwrap_or_default();
+                chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
             } else if h.name.eq_ignore_ascii_case("connection") {
                 for token in h.value.split(|&b| b == b',') {
                     let t = token.trim_ascii();
@@ -94,15 +127,23 @@ impl Http {
                 expect = true;
             }
         }
+        match (chunked, length) {
+            (Some(_), Some(_)) => return Head::Error(H400),
+            (Some(false), None) => return Head::Error(H501),
+            _ => {}
+        }
         let body = length.unwrap_or(0);
         if body > self.max_body {
             return Head::Error(H413);
         }
         Head::Ok {
-            keep_alive,
-            v10,
-            head: req.method == Some("HEAD"),
+            reply: Reply {
+                keep_alive,
+                v10,
+                head: req.method == Some("HEAD"),
+            },
             body,
+            chunked: chunked.is_some(),
             expect,
         }
     }
@@ -124,7 +165,12 @@ const H417: &[u8] = b"HTTP/1.1 417 Expectation Failed\r\nContent-Type: text/plai
 const H431: &[u8] = b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Type: text/plain\r\nContent-Length: 32\r\nConnection: close\r\n\r\nRequest Header Fields Too Large\n";
 const H501: &[u8] = b"HTTP/1.1 501 Not Implemented\r\nContent-Type: text/plain\r\nContent-Length: 16\r\nConnection: close\r\n\r\nNot Implemented\n";
 
-fn respond(out: &mut BytesMut, cx: &Cx, keep_alive: bool, v10: bool, head: bool) {
+fn respond(out: &mut BytesMut, cx: &Cx, r: Reply) {
+    let Reply {
+        keep_alive,
+        v10,
+        head,
+    } = r;
     out.extend_from_slice(if v10 {
         b"HTTP/1.0 200 OK\r\nServer: reactor\r\nContent-Type: text/plain\r\nContent-Length: 13\r\nDate: "
     } else {
@@ -141,6 +187,62 @@ fn respond(out: &mut BytesMut, cx: &Cx, keep_alive: bool, v10: bool, head: bool)
     }
 }
 
+/// One step through a chunked body.
+enum Step {
+    /// Needs more input.
+    More,
+    /// Consumed this many bytes; go on.
+    Ate(usize),
+    /// Consumed this many bytes and the body is complete.
+    Done(usize),
+    Error(&'static [u8]),
+}
+
+/// Longest chunk-size line (with extensions) accepted.
+const CHUNK_LINE_MAX: usize = 1024;
+
+impl Http {
+    fn chunked(&self, st: &mut HttpState, rest: &[u8]) -> Step {
+        match st.chunk {
+            Chunk::Off | Chunk::Data => Step::More,
+            Chunk::Size => match httparse::parse_chunk_size(rest) {
+                Ok(httparse::Status::Complete((n, size))) => {
+                    st.chunked_total = st.chunked_total.saturating_add(size);
+                    if st.chunked_total > self.max_body {
+                        return Step::Error(H413);
+                    }
+                    if size == 0 {
+                        st.chunk = Chunk::Trailer;
+                    } else {
+                        st.chunk = Chunk::Data;
+                        st.body_left = size;
+                    }
+                    Step::Ate(n)
+                }
+                Ok(httparse::Status::Partial) if rest.len() <= CHUNK_LINE_MAX => Step::More,
+                _ => Step::Error(H400),
+            },
+            Chunk::DataEnd => match rest {
+                [b'\r', b'\n', ..] => {
+                    st.chunk = Chunk::Size;
+                    Step::Ate(2)
+                }
+                [] | [b'\r'] => Step::More,
+                _ => Step::Error(H400),
+            },
+            Chunk::Trailer => match rest.windows(2).position(|w| w == b"\r\n") {
+                Some(0) => {
+                    st.chunk = Chunk::Off;
+                    Step::Done(2)
+                }
+                Some(line) => Step::Ate(line + 2),
+                None if rest.len() > self.max_header_bytes => Step::Error(H431),
+                None => Step::More,
+            },
+        }
+    }
+}
+
 impl Protocol for Http {
     type State = HttpState;
 
@@ -154,52 +256,81 @@ impl Protocol for Http {
                 if st.body_left > 0 {
                     return d;
                 }
+                if st.chunk == Chunk::Data {
+                    st.chunk = Chunk::DataEnd;
+                }
             }
             let rest = &input[d.consumed..];
-            if rest.is_empty() {
-                return d;
-            }
-            if d.at_limit(cx, out) {
-                return d;
-            }
-            let mut headers = [const { MaybeUninit::<httparse::Header>::uninit() }; HEADER_CAP];
-            let mut req = httparse::Request::new(&mut []);
-            let error = match req.parse_with_uninit_headers(rest, &mut headers) {
-                Ok(httparse::Status::Partial) => {
-                    if rest.len() > self.max_header_bytes {
-                        H431
-                    } else {
-                        return d;
-                    }
-                }
-                Ok(httparse::Status::Complete(n)) if n > self.max_header_bytes => H431,
-                Ok(httparse::Status::Complete(n)) => match self.parse_head(&req) {
-                    Head::Ok {
-                        keep_alive,
-                        v10,
-                        head,
-                        body,
-                        expect,
-                    } => {
-                        if expect && body > 0 && !v10 {
-                            out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
-                        }
-                        respond(out, cx, keep_alive, v10, head);
-                        d.requests += 1;
+            let error = if st.chunk != Chunk::Off {
+                match self.chunked(st, rest) {
+                    Step::More => return d,
+                    Step::Ate(n) => {
                         d.consumed += n;
-                        st.body_left = body;
-                        if !keep_alive {
+                        continue;
+                    }
+                    Step::Done(n) => {
+                        d.consumed += n;
+                        respond(out, cx, st.owed);
+                        d.requests += 1;
+                        if !st.owed.keep_alive {
                             d.next = Next::Close;
                             return d;
                         }
                         continue;
                     }
-                    Head::Error(e) => e,
-                },
-                Err(httparse::Error::TooManyHeaders) => H431,
-                Err(_) => H400,
+                    Step::Error(e) => e,
+                }
+            } else {
+                if rest.is_empty() || d.at_limit(cx, out) {
+                    return d;
+                }
+                let mut headers = [const { MaybeUninit::<httparse::Header>::uninit() }; HEADER_CAP];
+                let mut req = httparse::Request::new(&mut []);
+                match req.parse_with_uninit_headers(rest, &mut headers) {
+                    Ok(httparse::Status::Partial) => {
+                        if rest.len() > self.max_header_bytes {
+                            H431
+                        } else {
+                            return d;
+                        }
+                    }
+                    Ok(httparse::Status::Complete(n)) if n > self.max_header_bytes => H431,
+                    Ok(httparse::Status::Complete(n)) => match self.parse_head(&req) {
+                        Head::Ok {
+                            reply,
+                            body,
+                            chunked,
+                            expect,
+                        } => {
+                            d.consumed += n;
+                            if expect && (body > 0 || chunked) && !reply.v10 {
+                                out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+                            }
+                            if chunked {
+                                // Answered once the body is complete.
+                                st.chunk = Chunk::Size;
+                                st.chunked_total = 0;
+                                st.owed = reply;
+                                continue;
+                            }
+                            respond(out, cx, reply);
+                            d.requests += 1;
+                            st.body_left = body;
+                            if !reply.keep_alive {
+                                d.next = Next::Close;
+                                return d;
+                            }
+                            continue;
+                        }
+                        Head::Error(e) => e,
+                    },
+                    Err(httparse::Error::TooManyHeaders) => H431,
+                    Err(_) => H400,
+                }
             };
             out.extend_from_slice(error);
+            st.chunk = Chunk::Off;
+            st.body_left = 0;
             d.requests += 1;
             d.errors += 1;
             d.consumed = input.len();
@@ -209,7 +340,7 @@ impl Protocol for Http {
     }
 
     fn in_request(&self, st: &HttpState) -> bool {
-        st.body_left > 0
+        st.body_left > 0 || st.chunk != Chunk::Off
     }
 }
 
@@ -247,13 +378,15 @@ mod tests {
 
     #[test]
     fn pipelined_requests_split_at_every_byte_give_the_same_answers() {
-        let input = b"GET / HTTP/1.1\r\nHost: a\r\n\r\nPOST /x HTTP/1.1\r\nContent-Length: 5\r\n\r\nhelloGET /y HTTP/1.1\r\nHost: b\r\n\r\n";
+        let input = b"GET / HTTP/1.1\r\nHost: a\r\n\r\nPOST /x HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello\
+POST /c HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n3;ext=1\r\nabc\r\n0\r\nX-Trailer: t\r\n\r\n\
+GET /y HTTP/1.1\r\nHost: b\r\n\r\n";
         let (whole, next, n) = run(&Http::default(), input, input.len());
-        assert_eq!((next, n), (Next::NeedMore, 3));
-        assert_eq!(count(&whole, b"HTTP/1.1 200 OK"), 3);
+        assert_eq!((next, n), (Next::NeedMore, 4));
+        assert_eq!(count(&whole, b"HTTP/1.1 200 OK"), 4);
         for step in 1..input.len() {
             let (out, next, n) = run(&Http::default(), input, step);
-            assert_eq!((next, n), (Next::NeedMore, 3), "step {step}");
+            assert_eq!((next, n), (Next::NeedMore, 4), "step {step}");
             assert_eq!(out, whole, "step {step}");
         }
     }
@@ -312,8 +445,24 @@ mod tests {
                 b"HTTP/1.1 431 ",
             ),
             (
-                b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+                b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n",
                 b"HTTP/1.1 501 ",
+            ),
+            (
+                b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
+                b"HTTP/1.1 400 ",
+            ),
+            (
+                b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+                b"HTTP/1.1 400 ",
+            ),
+            (
+                b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcX",
+                b"HTTP/1.1 400 ",
+            ),
+            (
+                b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n6\r\nabcdef\r\n6\r\n",
+                b"HTTP/1.1 413 ",
             ),
         ];
         for (input, status) in cases {
