@@ -53,6 +53,8 @@ const ACCEPT_BUDGET: usize = 512;
 const SCRATCH: usize = 64 * 1024;
 /// How long accepting pauses when file descriptors run out and no spare is left.
 const FD_PAUSE_MS: u64 = 100;
+/// At most how often counters are copied out for the server, in ms.
+const PUBLISH_MS: u64 = 100;
 /// Wheel: 10 ms ticks, 4096 slots (a 41 s rotation).
 const TICK_MS: u64 = 10;
 const SLOTS: usize = 4096;
@@ -94,6 +96,7 @@ pub(crate) struct Shard<P: Protocol> {
     spare_fd: Option<File>,
     drain_deadline: Option<u64>,
     published: Counters,
+    next_publish: u64,
 }
 
 /// Everything a connection's I/O needs besides the connection itself, so that a
@@ -162,6 +165,7 @@ impl<P: Protocol> Shard<P> {
             spare_fd: File::open("/dev/null").ok(),
             drain_deadline: None,
             published: Counters::default(),
+            next_publish: 0,
         })
     }
 
@@ -224,7 +228,8 @@ impl<P: Protocol> Shard<P> {
             };
         }
         if self.core.stats_now(&self.conns) != self.published {
-            at = Some(at.map_or(now + 100, |a| a.min(now + 100)));
+            let due = self.next_publish.max(now);
+            at = Some(at.map_or(due, |a| a.min(due)));
         }
         // The elapsed clock was read before the work of this turn: add a millisecond
         // rather than wake a hair early and spin once.
@@ -422,12 +427,19 @@ impl<P: Protocol> Shard<P> {
         }
     }
 
+    /// Copies the counters out for the server, when they changed and at most every
+    /// `PUBLISH_MS` (or at once with `always`), so that a busy loop takes the lock
+    /// ten times a second, not once per turn.
     fn publish(&mut self, always: bool) {
-        let now = self.core.stats_now(&self.conns);
-        if always || now != self.published {
-            self.published = now;
+        if !always && self.core.now < self.next_publish {
+            return;
+        }
+        let counters = self.core.stats_now(&self.conns);
+        if always || counters != self.published {
+            self.published = counters;
+            self.next_publish = self.core.now + PUBLISH_MS;
             if let Ok(mut s) = self.shared.stats[self.id].lock() {
-                *s = now;
+                *s = counters;
             }
         }
     }
