@@ -11,18 +11,9 @@ use common::*;
 #[test]
 fn a_client_that_never_reads_leaves_output_capped_near_the_high_water_mark() {
     let hw = 64 * 1024;
-    let srv = Server::start(&[
-        "--protocol",
-        "echo",
-        "--high-water",
-        "65536",
-        "--write-timeout",
-        "0",
-        "--drain-timeout",
-        "500ms",
-        "--stats-interval",
-        "100ms",
-    ]);
+    let srv = Server::start(
+        "--protocol echo --high-water 65536 --write-timeout 0 --drain-timeout 500ms --stats-interval 100ms",
+    );
     let c = connect(srv.addr);
     let mut w = c.try_clone().unwrap();
     w.set_nonblocking(true).unwrap();

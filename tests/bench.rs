@@ -9,9 +9,10 @@ use std::process::Command;
 use common::*;
 use serde_json::Value;
 
-fn bench(args: &[&str]) -> (Option<i32>, Value) {
+/// Runs reactor-bench with `args` (split at spaces) and `--json`.
+fn bench(args: &str) -> (Option<i32>, Value) {
     let out = Command::new(env!("CARGO_BIN_EXE_reactor-bench"))
-        .args(args)
+        .args(args.split_whitespace())
         .arg("--json")
         .output()
         .expect("run reactor-bench");
@@ -46,25 +47,12 @@ fn assert_clean_run(v: &Value, conns: u64) {
 #[test]
 fn bench_against_reactor_in_each_protocol_reports_no_failures() {
     for proto in ["echo", "http", "json"] {
-        let srv = Server::start(&["--protocol", proto]);
+        let srv = Server::start(&format!("--protocol {proto}"));
         let addr = srv.addr.to_string();
         let pid = srv.pid().to_string();
-        let (code, v) = bench(&[
-            "--addr",
-            &addr,
-            "--protocol",
-            proto,
-            "--conns",
-            "200",
-            "--duration",
-            "2",
-            "--pipeline",
-            "2",
-            "--server-pid",
-            &pid,
-            "--threads",
-            "2",
-        ]);
+        let (code, v) = bench(&format!(
+            "--addr {addr} --protocol {proto} --conns 200 --duration 2 --pipeline 2 --server-pid {pid} --threads 2"
+        ));
         assert_eq!(code, Some(0), "{proto}");
         assert_clean_run(&v, 200);
         let (_, stats) = srv.stop();
@@ -82,18 +70,11 @@ fn bench_against_reactor_in_each_protocol_reports_no_failures() {
 
 #[test]
 fn open_loop_and_fixed_request_count_runs() {
-    let srv = Server::start(&["--protocol", "http"]);
+    let srv = Server::start("--protocol http");
     let addr = srv.addr.to_string();
-    let (code, v) = bench(&[
-        "--addr",
-        &addr,
-        "--conns",
-        "20",
-        "--rate",
-        "2000",
-        "--duration",
-        "1",
-    ]);
+    let (code, v) = bench(&format!(
+        "--addr {addr} --conns 20 --rate 2000 --duration 1"
+    ));
     assert_eq!(code, Some(0));
     assert_eq!(v["requests_failed"], 0);
     let ok = v["requests_ok"].as_u64().unwrap();
@@ -101,54 +82,31 @@ fn open_loop_and_fixed_request_count_runs() {
         (1000..=4000).contains(&ok),
         "about 2000 requests at 2000/s for 1 s: {ok}"
     );
-    let (code, v) = bench(&[
-        "--addr",
-        &addr,
-        "--protocol",
-        "http",
-        "--conns",
-        "10",
-        "--requests",
-        "50",
-    ]);
+    let (code, v) = bench(&format!(
+        "--addr {addr} --protocol http --conns 10 --requests 50"
+    ));
     assert_eq!(code, Some(0));
     assert_eq!(v["requests_ok"], 500);
 }
 
 #[test]
 fn idle_mode_reports_memory_per_connection() {
-    let srv = Server::start(&["--protocol", "echo"]);
+    let srv = Server::start("--protocol echo");
     let addr = srv.addr.to_string();
     let pid = srv.pid().to_string();
-    let (code, v) = bench(&[
-        "--addr",
-        &addr,
-        "--mode",
-        "idle",
-        "--conns",
-        "1000",
-        "--duration",
-        "1",
-        "--server-pid",
-        &pid,
-    ]);
+    let (code, v) = bench(&format!(
+        "--addr {addr} --mode idle --conns 1000 --duration 1 --server-pid {pid}"
+    ));
     assert_eq!(code, Some(0));
     assert_eq!(v["conns_established"], 1000);
     assert_eq!(v["conns_closed_by_server"], 0);
     assert!(v["server_bytes_per_conn"].as_f64().is_some());
     // The server closes idle connections early: the bench must say so and fail.
-    let srv = Server::start(&["--protocol", "echo", "--idle-timeout", "200ms"]);
+    let srv = Server::start("--protocol echo --idle-timeout 200ms");
     let addr = srv.addr.to_string();
-    let (code, v) = bench(&[
-        "--addr",
-        &addr,
-        "--mode",
-        "idle",
-        "--conns",
-        "50",
-        "--duration",
-        "2",
-    ]);
+    let (code, v) = bench(&format!(
+        "--addr {addr} --mode idle --conns 50 --duration 2"
+    ));
     assert_ne!(code, Some(0));
     assert_eq!(v["conns_closed_by_server"], 50);
 }
@@ -199,18 +157,9 @@ fn faulty_server(drop_every: usize, corrupt_every: usize) -> SocketAddr {
 /// Runs the bench against a faulty server: it must fail, count failures, and say why.
 fn assert_fault_reported(addr: SocketAddr, protocol: &str, why: &str) {
     let addr = addr.to_string();
-    let (code, v) = bench(&[
-        "--addr",
-        &addr,
-        "--protocol",
-        protocol,
-        "--conns",
-        "20",
-        "--duration",
-        "1",
-        "--timeout",
-        "1",
-    ]);
+    let (code, v) = bench(&format!(
+        "--addr {addr} --protocol {protocol} --conns 20 --duration 1 --timeout 1"
+    ));
     assert_eq!(code, Some(1));
     assert!(v["requests_failed"].as_u64().unwrap() > 0);
     let first = v["first_error"].as_str().unwrap();
@@ -229,20 +178,12 @@ fn bench_reports_corrupted_bytes_and_exits_non_zero() {
 
 #[test]
 fn check_reports_missed_targets() {
-    let srv = Server::start(&["--protocol", "http"]);
+    let srv = Server::start("--protocol http");
     let addr = srv.addr.to_string();
     let pid = srv.pid().to_string();
-    let (code, v) = bench(&[
-        "--addr",
-        &addr,
-        "--conns",
-        "10",
-        "--duration",
-        "1",
-        "--check",
-        "--server-pid",
-        &pid,
-    ]);
+    let (code, v) = bench(&format!(
+        "--addr {addr} --conns 10 --duration 1 --check --server-pid {pid}"
+    ));
     // 10 connections cannot meet the 10,000-connection target.
     assert_eq!(code, Some(3));
     let misses = v["check_misses"].as_array().unwrap();

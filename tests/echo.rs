@@ -6,7 +6,7 @@ use common::*;
 
 #[test]
 fn echo_round_trip_returns_every_byte_in_order() {
-    let srv = Server::start(&["--protocol", "echo"]);
+    let srv = Server::start("--protocol echo");
     let mut c = connect(srv.addr);
     let data: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
     // Write from another thread so that a large payload cannot deadlock on full buffers.
@@ -26,7 +26,7 @@ fn echo_round_trip_returns_every_byte_in_order() {
 
 #[test]
 fn a_peer_that_resets_mid_stream_does_not_disturb_another_connection() {
-    let srv = Server::start(&["--protocol", "echo"]);
+    let srv = Server::start("--protocol echo");
     let mut good = connect(srv.addr);
     let mut bad = connect(srv.addr);
     send(&mut bad, &[0u8; 10_000]);
@@ -50,7 +50,7 @@ fn a_peer_that_resets_mid_stream_does_not_disturb_another_connection() {
 
 #[test]
 fn a_half_closed_peer_still_gets_its_echo_then_a_close() {
-    let srv = Server::start(&["--protocol", "echo"]);
+    let srv = Server::start("--protocol echo");
     let mut c = connect(srv.addr);
     send(&mut c, b"last words");
     c.shutdown(std::net::Shutdown::Write).unwrap();

@@ -7,7 +7,7 @@ use common::*;
 
 #[test]
 fn http_round_trip_and_keep_alive() {
-    let srv = Server::start(&["--protocol", "http"]);
+    let srv = Server::start("--protocol http");
     let c = connect(srv.addr);
     let mut w = c.try_clone().unwrap();
     let mut r = BufReader::new(c);
@@ -30,7 +30,7 @@ fn http_round_trip_and_keep_alive() {
 
 #[test]
 fn pipelined_requests_are_answered_in_order() {
-    let srv = Server::start(&["--protocol", "http"]);
+    let srv = Server::start("--protocol http");
     let c = connect(srv.addr);
     let mut w = c.try_clone().unwrap();
     let mut r = BufReader::new(c);
@@ -69,7 +69,7 @@ fn pipelined_requests_are_answered_in_order() {
 
 #[test]
 fn http10_closes_unless_keep_alive() {
-    let srv = Server::start(&["--protocol", "http"]);
+    let srv = Server::start("--protocol http");
     let mut c = connect(srv.addr);
     send(&mut c, b"GET / HTTP/1.0\r\n\r\n");
     let (got, closed) = read_to_close(&mut c);
@@ -92,7 +92,7 @@ fn curl_gets_hello_world() {
     if !have("curl") {
         return;
     }
-    let srv = Server::start(&["--protocol", "http"]);
+    let srv = Server::start("--protocol http");
     let url = format!("http://{}/", srv.addr);
     let out = Command::new("curl")
         .args(["-sv", "--max-time", "20", &url])
@@ -154,7 +154,7 @@ fn wrk_load_gets_only_200s() {
     if !have("wrk") {
         return;
     }
-    let srv = Server::start(&["--protocol", "http"]);
+    let srv = Server::start("--protocol http");
     let url = format!("http://{}/", srv.addr);
     let out = Command::new("wrk")
         .args(["-t1", "-c20", "-d1s", "--timeout", "10s", &url])
@@ -178,14 +178,7 @@ fn wrk_load_gets_only_200s() {
 
 #[test]
 fn malformed_requests_get_their_status_while_another_connection_is_served() {
-    let srv = Server::start(&[
-        "--protocol",
-        "http",
-        "--max-header-bytes",
-        "1024",
-        "--max-body",
-        "100",
-    ]);
+    let srv = Server::start("--protocol http --max-header-bytes 1024 --max-body 100");
     let good = connect(srv.addr);
     let mut gw = good.try_clone().unwrap();
     let mut gr = BufReader::new(good);

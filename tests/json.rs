@@ -14,7 +14,7 @@ fn line(r: &mut impl BufRead) -> Value {
 
 #[test]
 fn json_messages_back_to_back_and_on_lines_are_answered_in_order() {
-    let srv = Server::start(&["--protocol", "json"]);
+    let srv = Server::start("--protocol json");
     let c = connect(srv.addr);
     let mut w = c.try_clone().unwrap();
     let mut r = BufReader::new(c);
@@ -41,7 +41,7 @@ fn json_messages_back_to_back_and_on_lines_are_answered_in_order() {
 
 #[test]
 fn invalid_json_gets_an_error_line_and_the_connection_stays_open() {
-    let srv = Server::start(&["--protocol", "json", "--max-message", "1000"]);
+    let srv = Server::start("--protocol json --max-message 1000");
     let other = connect(srv.addr);
     let mut ow = other.try_clone().unwrap();
     let mut or = BufReader::new(other);

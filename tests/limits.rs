@@ -7,7 +7,7 @@ use common::*;
 
 #[test]
 fn start_up_line_reports_address_limits_and_open_files() {
-    let srv = Server::start(&["--protocol", "echo", "--max-connections", "123"]);
+    let srv = Server::start("--protocol echo --max-connections 123");
     let line = srv.wait_for_line(|l| l.contains("listening on")).unwrap();
     for want in [
         "protocol=Echo",
@@ -23,10 +23,8 @@ fn start_up_line_reports_address_limits_and_open_files() {
 
 #[test]
 fn the_soft_open_files_limit_is_raised_to_the_hard_one_and_too_many_connections_warn() {
-    let srv = Server::start_with_shell(
-        "ulimit -Sn 100;",
-        &["--protocol", "echo", "--max-connections", "50000"],
-    );
+    let srv =
+        Server::start_with_shell("ulimit -Sn 100;", "--protocol echo --max-connections 50000");
     let line = srv.wait_for_line(|l| l.contains("listening on")).unwrap();
     let hard = rustix_hard_limit();
     assert!(
@@ -51,7 +49,7 @@ fn rustix_hard_limit() -> u64 {
 
 #[test]
 fn connections_past_max_connections_are_closed_and_counted() {
-    let srv = Server::start(&["--protocol", "echo", "--max-connections", "10"]);
+    let srv = Server::start("--protocol echo --max-connections 10");
     let mut kept: Vec<_> = (0..10).map(|_| connect(srv.addr)).collect();
     // Prove the ten are accepted before opening more (accept order is not connect order).
     for c in kept.iter_mut() {
@@ -89,10 +87,7 @@ fn connections_past_max_connections_are_closed_and_counted() {
 #[test]
 fn running_out_of_file_descriptors_does_not_spin_and_recovers() {
     // 40 descriptors: a handful for the process, the rest for connections.
-    let srv = Server::start_with_shell(
-        "ulimit -n 40;",
-        &["--protocol", "echo", "--max-connections", "1000"],
-    );
+    let srv = Server::start_with_shell("ulimit -n 40;", "--protocol echo --max-connections 1000");
     let mut conns = Vec::new();
     for _ in 0..60 {
         conns.push(connect(srv.addr));

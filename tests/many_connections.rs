@@ -12,14 +12,7 @@ use common::*;
 fn five_thousand_concurrent_connections_each_complete_an_echo_exchange() {
     const N: usize = 5000;
     raise_fd_limit();
-    let srv = Server::start(&[
-        "--protocol",
-        "echo",
-        "--stats-interval",
-        "100ms",
-        "--threads",
-        "2",
-    ]);
+    let srv = Server::start("--protocol echo --stats-interval 100ms --threads 2");
     let rss_before = srv.rss_kib();
     let mut conns = Vec::with_capacity(N);
     for _ in 0..N {

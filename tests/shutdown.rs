@@ -6,7 +6,7 @@ use common::*;
 
 #[test]
 fn sigterm_during_a_delayed_request_still_delivers_it_before_exit_0() {
-    let mut srv = Server::start(&["--protocol", "http", "--delay-ms", "1500"]);
+    let mut srv = Server::start("--protocol http --delay-ms 1500");
     let idle = connect(srv.addr);
     let c = connect(srv.addr);
     let mut w = c.try_clone().unwrap();
@@ -32,7 +32,7 @@ fn delayed_answers_do_not_hold_up_other_connections() {
     // --delay-ms is on the timer wheel: while one connection's answers wait, the loop
     // answers the others. Many connections each wait 1 s; all answers arrive, and the
     // server counts them all, which a sleeping loop would have taken 50 s to do.
-    let srv = Server::start(&["--protocol", "json", "--delay-ms", "1000"]);
+    let srv = Server::start("--protocol json --delay-ms 1000");
     let conns: Vec<_> = (0..50).map(|_| connect(srv.addr)).collect();
     for (i, mut c) in conns.iter().enumerate() {
         std::io::Write::write_all(
@@ -56,14 +56,7 @@ fn delayed_answers_do_not_hold_up_other_connections() {
 
 #[test]
 fn drain_timeout_cuts_a_request_that_never_completes() {
-    let mut srv = Server::start(&[
-        "--protocol",
-        "http",
-        "--drain-timeout",
-        "300ms",
-        "--read-timeout",
-        "60s",
-    ]);
+    let mut srv = Server::start("--protocol http --drain-timeout 300ms --read-timeout 60s");
     let mut c = connect(srv.addr);
     send(&mut c, b"GET / HTTP/1.1\r\nHost: never-fin");
     // The request is in progress once the server has read it; give the signal after the

@@ -7,7 +7,7 @@ use common::*;
 
 #[test]
 fn idle_connection_is_closed_after_timeout() {
-    let srv = Server::start(&["--protocol", "http", "--idle-timeout", "300ms"]);
+    let srv = Server::start("--protocol http --idle-timeout 300ms");
     let mut c = connect(srv.addr);
     // A completed request, then silence.
     send(&mut c, b"GET / HTTP/1.1\r\n\r\n");
@@ -23,14 +23,7 @@ fn idle_connection_is_closed_after_timeout() {
 fn idle_timeout_zero_never_closes() {
     // The other half of the idle test: with the timeout off the connection outlives a
     // read timeout that would have closed it, and is closed only by the shutdown.
-    let srv = Server::start(&[
-        "--protocol",
-        "echo",
-        "--idle-timeout",
-        "0",
-        "--read-timeout",
-        "100ms",
-    ]);
+    let srv = Server::start("--protocol echo --idle-timeout 0 --read-timeout 100ms");
     let mut c = connect(srv.addr);
     send(&mut c, b"x");
     c.set_read_timeout(Some(Duration::from_millis(800)))
@@ -48,14 +41,7 @@ fn idle_timeout_zero_never_closes() {
 
 #[test]
 fn half_sent_request_is_closed_by_the_read_timeout() {
-    let srv = Server::start(&[
-        "--protocol",
-        "http",
-        "--read-timeout",
-        "300ms",
-        "--idle-timeout",
-        "60s",
-    ]);
+    let srv = Server::start("--protocol http --read-timeout 300ms --idle-timeout 60s");
     let mut c = connect(srv.addr);
     send(&mut c, b"GET / HTTP/1.1\r\nHost: exa");
     let (got, closed) = read_to_close(&mut c);
@@ -70,14 +56,7 @@ fn half_sent_request_is_closed_by_the_read_timeout() {
 fn a_client_dribbling_one_byte_at_a_time_is_still_cut() {
     // Each byte arrives well within the read timeout, but the request as a whole does
     // not: the deadline runs from the first byte and is not pushed back.
-    let srv = Server::start(&[
-        "--protocol",
-        "http",
-        "--read-timeout",
-        "500ms",
-        "--idle-timeout",
-        "60s",
-    ]);
+    let srv = Server::start("--protocol http --read-timeout 500ms --idle-timeout 60s");
     let mut c = connect(srv.addr);
     let start = Instant::now();
     let mut cut = false;
@@ -108,14 +87,7 @@ fn a_client_dribbling_one_byte_at_a_time_is_still_cut() {
 
 #[test]
 fn a_reader_that_stops_reading_is_closed_by_the_write_timeout() {
-    let srv = Server::start(&[
-        "--protocol",
-        "echo",
-        "--write-timeout",
-        "300ms",
-        "--idle-timeout",
-        "60s",
-    ]);
+    let srv = Server::start("--protocol echo --write-timeout 300ms --idle-timeout 60s");
     let c = connect(srv.addr);
     socket2::SockRef::from(&c)
         .set_recv_buffer_size(4096)

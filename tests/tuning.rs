@@ -319,7 +319,7 @@ fn bad_usage_exits_2_with_usage() {
 
 #[test]
 fn ulimit_shows_the_shell_and_a_running_reactor_and_installs_snippets() {
-    let srv = Server::start_with_shell("ulimit -Sn 256;", &["--protocol", "echo"]);
+    let srv = Server::start_with_shell("ulimit -Sn 256;", "--protocol echo");
     let o = Command::new("bash")
         .arg("-c")
         .arg(format!(

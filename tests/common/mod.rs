@@ -19,14 +19,14 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts `reactor` with `args`, on 127.0.0.1:0 and one thread unless `args` say
-    /// otherwise, and waits for its "listening on" line.
-    pub fn start(args: &[&str]) -> Server {
+    /// Starts `reactor` with `args` (split at spaces), on 127.0.0.1:0 and one thread
+    /// unless `args` say otherwise, and waits for its "listening on" line.
+    pub fn start(args: &str) -> Server {
         Server::start_cmd(Command::new(env!("CARGO_BIN_EXE_reactor")), args)
     }
 
     /// Like [`start`], running `sh -c "<prefix> exec reactor ..."` (to set limits).
-    pub fn start_with_shell(prefix: &str, args: &[&str]) -> Server {
+    pub fn start_with_shell(prefix: &str, args: &str) -> Server {
         let mut cmd = Command::new("sh");
         cmd.arg("-c")
             .arg(format!("{prefix} exec \"$0\" \"$@\""))
@@ -34,7 +34,8 @@ impl Server {
         Server::start_cmd(cmd, args)
     }
 
-    fn start_cmd(mut cmd: Command, args: &[&str]) -> Server {
+    fn start_cmd(mut cmd: Command, args: &str) -> Server {
+        let args: Vec<&str> = args.split_whitespace().collect();
         let mut all: Vec<&str> = Vec::new();
         if !args.contains(&"--addr") {
             all.extend(["--addr", "127.0.0.1:0"]);
@@ -42,7 +43,7 @@ impl Server {
         if !args.contains(&"--threads") {
             all.extend(["--threads", "1"]);
         }
-        all.extend(args);
+        all.extend(&args);
         let mut child = cmd
             .args(&all)
             .env("RUST_LOG", "info")
