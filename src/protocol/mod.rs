@@ -175,8 +175,16 @@ mod tests {
                     }
                 }
             }
-            cx.max_requests = if rng.next() % 4 == 0 { 1 } else { usize::MAX };
-            cx.out_limit = if rng.next() % 4 == 0 { 64 } else { usize::MAX };
+            cx.max_requests = if rng.next().is_multiple_of(4) {
+                1
+            } else {
+                usize::MAX
+            };
+            cx.out_limit = if rng.next().is_multiple_of(4) {
+                64
+            } else {
+                usize::MAX
+            };
             let mut st = P::State::default();
             let mut out = BytesMut::new();
             let mut pending: Vec<u8> = Vec::new();
