@@ -194,3 +194,28 @@ fn check_reports_missed_targets() {
         "{misses:?}"
     );
 }
+
+#[test]
+fn source_ips_are_all_used() {
+    // A listener that keeps every connection and records its peer address.
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(s) = s else { break };
+            sink.lock().unwrap().push((s.peer_addr().unwrap().ip(), s));
+        }
+    });
+    let (code, v) = bench(&format!(
+        "--addr {addr} --mode idle --conns 20 --duration 0.5 --source-ips 127.0.0.1,127.0.0.2"
+    ));
+    assert_eq!(code, Some(0));
+    assert_eq!(v["conns_established"], 20);
+    let seen = seen.lock().unwrap();
+    for ip in ["127.0.0.1", "127.0.0.2"] {
+        let n = seen.iter().filter(|(p, _)| p.to_string() == ip).count();
+        assert_eq!(n, 10, "connections from {ip}");
+    }
+}

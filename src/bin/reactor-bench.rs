@@ -123,7 +123,7 @@ struct Shared {
     stop_sending: AtomicBool,
     /// Leave now.
     stop: AtomicBool,
-    /// Idle mode: every connection is established (or failed).
+    /// Per-thread counters, for the progress line.
     progress: Vec<Progress>,
 }
 
@@ -142,7 +142,6 @@ struct WorkerResult {
     ok_measured: u64,
     bytes_measured: u64,
     first_error: Option<String>,
-    still_open: u64,
     closed_by_server: u64,
 }
 
@@ -214,15 +213,16 @@ impl Worker {
         }
     }
 
+    /// Opens this thread's `n`-th connection.
     fn connect(&mut self, n: usize) -> io::Result<()> {
         let addr = self.opts.addr;
         let srcs = &self.opts.source_ips;
-        let idx = self.clients.len() * self.opts.threads + self.id;
         let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
         socket.set_nonblocking(true)?;
         socket.set_tcp_nodelay(true)?;
         if !srcs.is_empty() {
-            let ip = srcs[(idx + n) % srcs.len()];
+            // Round robin within each thread, so every thread uses every address.
+            let ip = srcs[(n + self.id) % srcs.len()];
             socket.bind(&SocketAddr::new(ip, 0).into())?;
         }
         match socket.connect(&addr.into()) {
@@ -631,8 +631,10 @@ impl Worker {
                 if !matches!(c.st, St::Ready) {
                     continue;
                 }
+                // Still open reads WouldBlock; EOF, data or a reset means the server
+                // let go of it.
                 match c.sock.read(&mut self.scratch) {
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => result.still_open += 1,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                     _ => result.closed_by_server += 1,
                 }
             }
@@ -880,7 +882,6 @@ fn run(opts: &Opts) -> Report {
     let mut ok_measured = 0;
     let mut bytes_measured = 0;
     let mut first_error = None;
-    let mut still_open = 0;
     let mut closed_by_server = 0;
     for h in handles {
         let r = h.join().unwrap_or_default();
@@ -890,7 +891,6 @@ fn run(opts: &Opts) -> Report {
         ok_measured += r.ok_measured;
         bytes_measured += r.bytes_measured;
         first_error = first_error.or(r.first_error);
-        still_open += r.still_open;
         closed_by_server += r.closed_by_server;
     }
     let established = shared.sum(|p| &p.established);
@@ -939,7 +939,6 @@ fn run(opts: &Opts) -> Report {
     };
     if opts.mode == Mode::Idle {
         report.requests_per_sec = 0.0;
-        report.conns_established = still_open.max(established.min(still_open + closed_by_server));
     }
     if opts.check {
         report.check_misses = check(&report);
