@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
+use crate::service::Work;
+
 /// The protocol a server speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum ProtocolKind {
@@ -97,6 +99,49 @@ pub struct Config {
     /// Log a line of counters every this often (0 = only at exit).
     #[arg(long, default_value = "0", value_parser = parse_duration)]
     pub stats_interval: Duration,
+
+    /// Worker threads for handlers that may block, started up front (0 = no pool: every
+    /// answer is computed on the loop).
+    #[arg(long, default_value_t = 0, help_heading = "Worker pool")]
+    pub workers: usize,
+
+    /// Most worker threads: the pool grows past --workers while jobs wait and every
+    /// worker is busy (0 = the same as --workers, a fixed pool).
+    #[arg(long, default_value_t = 0, help_heading = "Worker pool")]
+    pub workers_max: usize,
+
+    /// A worker beyond --workers that is idle this long exits.
+    #[arg(long, default_value = "10s", value_parser = parse_duration, help_heading = "Worker pool")]
+    pub worker_idle: Duration,
+
+    /// Most jobs waiting for a worker; past it, connections are not read until room
+    /// frees (backpressure, not loss).
+    #[arg(long, default_value_t = 1024, help_heading = "Worker pool")]
+    pub queue: usize,
+
+    /// Most jobs in flight per connection; past it the connection is not read until
+    /// one completes.
+    #[arg(long, default_value_t = 16, help_heading = "Worker pool")]
+    pub max_inflight: usize,
+
+    /// Answer a request whose handler has not finished after this long with HTTP 503 or
+    /// a JSON error line, and drop the late result (0 = wait for ever).
+    #[arg(long, default_value = "0", value_parser = parse_duration, help_heading = "Worker pool")]
+    pub handler_timeout: Duration,
+
+    /// Stack size of a worker thread, in bytes.
+    #[arg(long, default_value_t = 256 * 1024, help_heading = "Worker pool")]
+    pub worker_stack: usize,
+
+    /// Run each json or http answer on the worker pool after this work: `sleep:D` (a
+    /// blocking sleep, the seeds' slow handler) or `spin:D` (D of CPU), e.g. sleep:10ms,
+    /// spin:100us. Needs --workers.
+    #[arg(long, value_parser = parse_work, help_heading = "Worker pool")]
+    pub work: Option<Work>,
+}
+
+fn parse_work(s: &str) -> Result<Work, String> {
+    s.parse()
 }
 
 impl Default for Config {
@@ -143,5 +188,7 @@ mod tests {
         assert_eq!(c.idle_timeout, Duration::from_secs(60));
         assert_eq!(c.read_timeout, Duration::from_secs(30));
         assert_eq!(c.high_water, 65536);
+        assert_eq!((c.workers, c.workers_max, c.max_inflight), (0, 0, 16));
+        assert!(c.work.is_none());
     }
 }

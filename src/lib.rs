@@ -5,9 +5,17 @@
 //!
 //! - [`server`]: binds one SO_REUSEPORT listener per thread, starts the shards, turns
 //!   SIGINT/SIGTERM into a graceful drain.
-//! - `reactor` (private): one shard's loop: accept, read until WouldBlock, decode, write,
-//!   timers, shutdown.
-//! - `conn` (private): one connection's state, buffers and deadlines.
+//! - `reactor` (private): one shard's loop: events, timers, completions, shutdown.
+//! - `accept` (private): accepting, bounded per turn, and surviving EMFILE.
+//! - `conn_io` (private): one connection's I/O: read until WouldBlock, decode, hand
+//!   requests to the worker pool, write.
+//! - `conn` (private): one connection's state, buffers, stage and deadlines.
+//! - [`jobs`]: a connection's jobs in flight (its reorder queue) and the completion
+//!   queue that brings their answers back to the shard.
+//! - [`workers`]: the worker pool for handlers that may block: fixed or growing,
+//!   bounded queue.
+//! - [`service`]: [`Codec`](service::Codec) + [`Service`](service::Service) for handlers
+//!   that block, and [`Handler`](service::Handler), what the loop drives.
 //! - [`buffer`]: the per-shard pool of 4 KB buffers, lent only while bytes are in flight.
 //! - [`timer`]: the hashed timer wheel behind idle, read and write timeouts and
 //!   `--delay-ms`.
@@ -17,16 +25,22 @@
 //! - [`config`]: every setting and its default.
 //! - [`stats`]: the counters.
 
+mod accept;
 pub mod buffer;
 pub mod clock;
 pub mod config;
 mod conn;
+mod conn_io;
+pub mod jobs;
 pub mod listener;
 pub mod protocol;
 mod reactor;
 pub mod server;
+pub mod service;
+mod shared;
 pub mod stats;
 pub mod timer;
+pub mod workers;
 
 pub use config::{Config, ProtocolKind};
 pub use server::Server;

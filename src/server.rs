@@ -3,8 +3,8 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -16,60 +16,96 @@ use signal_hook_mio::v1_0::Signals;
 use crate::config::{Config, ProtocolKind};
 use crate::conn::Timeouts;
 use crate::listener::{bind, raise_nofile_limit};
-use crate::protocol::{Echo, Http, Json, Protocol};
-use crate::reactor::{Settings, Shard, StatsCell, WAKER};
+use crate::protocol::json::JsonCodec;
+use crate::protocol::{Echo, Http, HttpCodec, Json};
+use crate::reactor::{Settings, Shard, WAKER};
+use crate::service::{Handler, Pooled};
+use crate::shared::Shared;
 use crate::stats::Counters;
+use crate::workers::{Pool, PoolConfig};
 
 /// Descriptors kept back from --max-connections for listeners, logs and the like.
 const FD_RESERVE: u64 = 32;
-
-/// State the server and its shards share: shutdown flags and published counters.
-pub(crate) struct Shared {
-    pub shutdown: AtomicBool,
-    pub force: AtomicBool,
-    pub stats: Vec<StatsCell>,
-}
+/// How long a stopped server waits for jobs still running on its workers.
+const POOL_STOP_WAIT: Duration = Duration::from_secs(1);
 
 /// A running server.
 pub struct Server {
     addr: SocketAddr,
     shared: Arc<Shared>,
-    wakers: Vec<Waker>,
+    wakers: Vec<Arc<Waker>>,
     threads: Vec<JoinHandle<io::Result<Counters>>>,
+    pool: Option<Pool>,
 }
 
 fn ms(d: Duration) -> Option<u64> {
     (!d.is_zero()).then_some(d.as_millis() as u64)
 }
 
+fn invalid(msg: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, msg)
+}
+
 impl Server {
     /// Binds and starts the shards of `cfg`'s protocol. Returns once every listener is
-    /// bound, so the address can be connected to at once.
+    /// bound, so the address can be connected to at once. With `cfg.work`, the json and
+    /// http answers run on the worker pool.
     pub fn start(cfg: &Config) -> io::Result<Server> {
-        match cfg.protocol {
-            ProtocolKind::Echo => Server::start_with(cfg, Echo),
-            ProtocolKind::Http => Server::start_with(
-                cfg,
-                Http {
-                    max_header_bytes: cfg.max_header_bytes,
-                    max_headers: cfg.max_headers.min(crate::protocol::http::HEADER_CAP),
-                    max_body: cfg.max_body,
-                },
-            ),
-            ProtocolKind::Json => Server::start_with(
-                cfg,
-                Json {
-                    max_message: cfg.max_message,
-                },
-            ),
+        let http = Http {
+            max_header_bytes: cfg.max_header_bytes,
+            max_headers: cfg.max_headers.min(crate::protocol::http::HEADER_CAP),
+            max_body: cfg.max_body,
+        };
+        let json = Json {
+            max_message: cfg.max_message,
+        };
+        match (cfg.protocol, cfg.work) {
+            (ProtocolKind::Echo, None) => Server::start_with(cfg, Echo),
+            (ProtocolKind::Http, None) => Server::start_with(cfg, http),
+            (ProtocolKind::Json, None) => Server::start_with(cfg, json),
+            (ProtocolKind::Http, Some(work)) => {
+                Server::start_with(cfg, Pooled::new(HttpCodec(http), work))
+            }
+            (ProtocolKind::Json, Some(work)) => {
+                Server::start_with(cfg, Pooled::new(JsonCodec(json), work))
+            }
+            (ProtocolKind::Echo, Some(_)) => Err(invalid(
+                "--work applies to the json and http protocols, not echo".into(),
+            )),
         }
     }
 
-    /// Starts a server speaking a protocol of the caller's own.
-    pub fn start_with<P: Protocol>(cfg: &Config, proto: P) -> io::Result<Server> {
+    /// Starts a server speaking a protocol of the caller's own: a
+    /// [`Protocol`](crate::protocol::Protocol) answered on the loop, or a
+    /// [`Pooled`] codec and service whose calls run on the worker pool (which then
+    /// needs `cfg.workers > 0`).
+    pub fn start_with<H: Handler>(cfg: &Config, handler: H) -> io::Result<Server> {
         let threads = match cfg.threads {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
+        };
+        let pool = if H::POOLED {
+            if cfg.workers == 0 {
+                return Err(invalid(
+                    "this handler runs on the worker pool: give it workers (--workers N)".into(),
+                ));
+            }
+            Some(Pool::new(PoolConfig {
+                min: cfg.workers,
+                max: cfg.workers_max.max(cfg.workers),
+                idle: cfg.worker_idle,
+                queue: cfg.queue,
+                stack: cfg.worker_stack,
+            })?)
+        } else {
+            if cfg.workers > 0 {
+                warn!(
+                    "--workers {} has nothing to run: this protocol answers on the loop \
+                     (give --work for json or http)",
+                    cfg.workers
+                );
+            }
+            None
         };
         let (soft, hard) = raise_nofile_limit()?;
         let fit = soft.saturating_sub(FD_RESERVE) as usize;
@@ -91,6 +127,7 @@ impl Server {
                 idle: ms(cfg.idle_timeout),
                 read: ms(cfg.read_timeout),
                 write: ms(cfg.write_timeout),
+                handler: ms(cfg.handler_timeout),
             },
             high_water: cfg.high_water.max(1),
             delay_ms: cfg.delay_ms,
@@ -98,14 +135,9 @@ impl Server {
             keepalive: (cfg.keepalive_secs > 0).then(|| Duration::from_secs(cfg.keepalive_secs)),
             drain_ms: cfg.drain_timeout.as_millis() as u64,
             pool_buffers: cfg.pool_buffers,
+            max_inflight: cfg.max_inflight.max(1),
         };
-        let shared = Arc::new(Shared {
-            shutdown: AtomicBool::new(false),
-            force: AtomicBool::new(false),
-            stats: (0..threads)
-                .map(|_| Mutex::new(Counters::default()))
-                .collect(),
-        });
+        let shared = Arc::new(Shared::new(threads));
         // Bind every listener before starting any thread; with port 0 the first bind
         // picks the port and the others share it through SO_REUSEPORT.
         let mut addr = cfg.addr;
@@ -114,13 +146,23 @@ impl Server {
             let listener = bind(addr, cfg.backlog)?;
             addr = listener.local_addr()?;
             let poll = Poll::new()?;
-            let waker = Waker::new(poll.registry(), WAKER)?;
+            let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
             parts.push((poll, listener, waker));
         }
+        let workers = match &pool {
+            Some(p) => {
+                let c = p.config();
+                format!(
+                    " workers={}..{} queue={} max_inflight={} handler_timeout={:?}",
+                    c.min, c.max, c.queue, set.max_inflight, cfg.handler_timeout
+                )
+            }
+            None => String::new(),
+        };
         info!(
             "reactor listening on {addr}: protocol={:?} threads={threads} \
              max_connections={max_conns} idle_timeout={:?} read_timeout={:?} \
-             write_timeout={:?} high_water={} delay_ms={} open_files={soft} (hard {hard})",
+             write_timeout={:?} high_water={} delay_ms={} open_files={soft} (hard {hard}){workers}",
             cfg.protocol,
             cfg.idle_timeout,
             cfg.read_timeout,
@@ -128,30 +170,45 @@ impl Server {
             set.high_water,
             cfg.delay_ms,
         );
-        let mut wakers = Vec::with_capacity(threads);
-        let mut handles = Vec::with_capacity(threads);
+        let handler = Arc::new(handler);
+        let mut server = Server {
+            addr,
+            shared: shared.clone(),
+            wakers: Vec::with_capacity(threads),
+            threads: Vec::with_capacity(threads),
+            pool: pool.clone(),
+        };
         for (id, (poll, listener, waker)) in parts.into_iter().enumerate() {
-            let shard = Shard::new(
+            let started = Shard::new(
                 id,
                 poll,
                 listener,
-                proto.clone(),
+                handler.clone(),
                 set.clone(),
                 shared.clone(),
-            )?;
-            wakers.push(waker);
-            handles.push(
+                pool.clone().map(|p| (p, waker.clone())),
+            )
+            .and_then(|shard| {
                 std::thread::Builder::new()
                     .name(format!("reactor-{id}"))
-                    .spawn(move || shard.run())?,
-            );
+                    .spawn(move || shard.run())
+            });
+            match started {
+                Ok(handle) => {
+                    server.wakers.push(waker);
+                    server.threads.push(handle);
+                }
+                Err(e) => {
+                    // Stop the shards already serving the port: a server that failed to
+                    // start must not leave some of itself running.
+                    server.shared.force.store(true, Ordering::Release);
+                    server.shutdown();
+                    let _ = server.join();
+                    return Err(e);
+                }
+            }
         }
-        Ok(Server {
-            addr,
-            shared,
-            wakers,
-            threads: handles,
-        })
+        Ok(server)
     }
 
     /// The address the listeners are bound to.
@@ -159,7 +216,8 @@ impl Server {
         self.addr
     }
 
-    /// The counters of all shards, as last published (within about 100 ms).
+    /// The counters of all shards, as last published (within about 100 ms), and the
+    /// worker pool's gauges now.
     pub fn stats(&self) -> Counters {
         let mut sum = Counters::default();
         for cell in &self.shared.stats {
@@ -167,7 +225,19 @@ impl Server {
                 sum += *c;
             }
         }
+        self.add_pool_stats(&mut sum);
         sum
+    }
+
+    fn add_pool_stats(&self, c: &mut Counters) {
+        if let Some(p) = &self.pool {
+            let s = p.stats();
+            c.workers = s.workers;
+            c.workers_busy = s.busy;
+            c.jobs_queued = s.queued;
+            c.workers_grown = s.grown;
+            c.workers_retired = s.retired;
+        }
     }
 
     /// Starts a graceful shutdown: stop accepting, close idle connections, let busy ones
@@ -186,16 +256,43 @@ impl Server {
         self.threads.iter().all(|t| t.is_finished())
     }
 
-    /// Waits for every shard and returns the summed counters.
-    pub fn join(self) -> io::Result<Counters> {
+    /// Waits for every shard, stops the worker pool, and returns the summed counters.
+    pub fn join(mut self) -> io::Result<Counters> {
         let mut sum = Counters::default();
-        for t in self.threads {
-            let c = t
-                .join()
-                .map_err(|_| io::Error::other("a reactor thread panicked"))??;
-            sum += c;
+        let mut failed = None;
+        for t in std::mem::take(&mut self.threads) {
+            match t.join() {
+                Ok(Ok(c)) => sum += c,
+                Ok(Err(e)) => failed = Some(e),
+                Err(_) => failed = Some(io::Error::other("a reactor thread panicked")),
+            }
         }
-        Ok(sum)
+        if let Some(p) = &self.pool {
+            p.shutdown(POOL_STOP_WAIT);
+        }
+        self.add_pool_stats(&mut sum);
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(sum),
+        }
+    }
+}
+
+/// A server dropped without [`Server::join`] is stopped at once: connections cut, the
+/// worker pool told to stop (its threads exit after their current job).
+impl Drop for Server {
+    fn drop(&mut self) {
+        if self.threads.is_empty() {
+            return;
+        }
+        self.shared.shutdown.store(true, Ordering::Release);
+        self.shared.force.store(true, Ordering::Release);
+        for w in &self.wakers {
+            let _ = w.wake();
+        }
+        if let Some(p) = &self.pool {
+            p.shutdown(Duration::ZERO);
+        }
     }
 }
 

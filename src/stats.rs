@@ -31,6 +31,24 @@ pub struct Counters {
     pub open: u64,
     /// Pool buffers lent out now.
     pub buffers_lent: u64,
+    /// Requests handed to the worker pool.
+    pub jobs: u64,
+    /// Job results dropped: their connection had closed, or the handler timeout had
+    /// already answered.
+    pub jobs_dropped: u64,
+    /// Requests answered with an error because their handler panicked.
+    pub handler_panics: u64,
+    /// Requests answered with an error because their handler timed out.
+    pub handler_timeouts: u64,
+    /// Times a connection was not read because it had its most jobs in flight or the
+    /// pool's queue was full.
+    pub stalls: u64,
+    /// Worker pool gauges (server-wide, filled in by the server, zero per shard).
+    pub workers: u64,
+    pub workers_busy: u64,
+    pub jobs_queued: u64,
+    pub workers_grown: u64,
+    pub workers_retired: u64,
 }
 
 impl AddAssign for Counters {
@@ -50,6 +68,16 @@ impl AddAssign for Counters {
         self.cut_at_shutdown += o.cut_at_shutdown;
         self.open += o.open;
         self.buffers_lent += o.buffers_lent;
+        self.jobs += o.jobs;
+        self.jobs_dropped += o.jobs_dropped;
+        self.handler_panics += o.handler_panics;
+        self.handler_timeouts += o.handler_timeouts;
+        self.stalls += o.stalls;
+        self.workers += o.workers;
+        self.workers_busy += o.workers_busy;
+        self.jobs_queued += o.jobs_queued;
+        self.workers_grown += o.workers_grown;
+        self.workers_retired += o.workers_retired;
     }
 }
 
@@ -75,6 +103,24 @@ impl fmt::Display for Counters {
             self.bytes_out,
             self.buffers_lent,
             self.cut_at_shutdown,
-        )
+        )?;
+        if self.jobs > 0 || self.workers > 0 {
+            write!(
+                f,
+                " jobs={} jobs_dropped={} handler_panics={} handler_timeouts={} stalls={} \
+                 workers={} workers_busy={} jobs_queued={} workers_grown={} workers_retired={}",
+                self.jobs,
+                self.jobs_dropped,
+                self.handler_panics,
+                self.handler_timeouts,
+                self.stalls,
+                self.workers,
+                self.workers_busy,
+                self.jobs_queued,
+                self.workers_grown,
+                self.workers_retired,
+            )?;
+        }
+        Ok(())
     }
 }

@@ -11,11 +11,13 @@
 //! chunked gets 501, and `Transfer-Encoding` together with `Content-Length` gets 400 (the
 //! ambiguity request smuggling lives on).
 
+use std::convert::Infallible;
 use std::mem::MaybeUninit;
 
 use bytes::BytesMut;
 
 use super::{Cx, Decoded, Next, Protocol};
+use crate::service::{Calls, Codec, Failure};
 
 /// The most header lines a request may carry, whatever the configuration says.
 pub const HEADER_CAP: usize = 256;
@@ -163,6 +165,8 @@ const H400: &[u8] = b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nCo
 const H413: &[u8] = b"HTTP/1.1 413 Content Too Large\r\nContent-Type: text/plain\r\nContent-Length: 18\r\nConnection: close\r\n\r\nContent Too Large\n";
 const H417: &[u8] = b"HTTP/1.1 417 Expectation Failed\r\nContent-Type: text/plain\r\nContent-Length: 19\r\nConnection: close\r\n\r\nExpectation Failed\n";
 const H431: &[u8] = b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Type: text/plain\r\nContent-Length: 32\r\nConnection: close\r\n\r\nRequest Header Fields Too Large\n";
+const H500: &[u8] = b"HTTP/1.1 500 Internal Server Error\r\nContent-Type: text/plain\r\nContent-Length: 22\r\n\r\nInternal Server Error\n";
+const H503: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 20\r\n\r\nService Unavailable\n";
 const H501: &[u8] = b"HTTP/1.1 501 Not Implemented\r\nContent-Type: text/plain\r\nContent-Length: 16\r\nConnection: close\r\n\r\nNot Implemented\n";
 
 fn respond(out: &mut BytesMut, cx: &Cx, r: Reply) {
@@ -247,6 +251,86 @@ impl Protocol for Http {
     type State = HttpState;
 
     fn decode(&self, st: &mut HttpState, input: &[u8], out: &mut BytesMut, cx: &Cx) -> Decoded {
+        let mut none = Vec::new();
+        let mut out = Calls::<Infallible>::new(out, &mut none);
+        self.decode_with(st, input, &mut out, cx, |out, cx, reply| {
+            respond(out.out(), cx, reply)
+        })
+    }
+
+    fn in_request(&self, st: &HttpState) -> bool {
+        st.in_request()
+    }
+}
+
+/// The `http` protocol with each answer computed on the worker pool (`--work`): the
+/// request goes to the service, and whatever comes back is answered `200 OK` as
+/// inline. A handler that panics gets `500`, one that times out `503`; the connection
+/// goes on.
+#[derive(Clone, Debug, Default)]
+pub struct HttpCodec(pub Http);
+
+/// A request as the built-in HTTP protocol sees it (its body is discarded on the loop).
+#[derive(Clone, Copy, Debug)]
+pub struct HttpRequest(Reply);
+
+impl HttpRequest {
+    /// Whether it was a HEAD request (answered without a body).
+    pub fn is_head(&self) -> bool {
+        self.0.head
+    }
+}
+
+impl Codec for HttpCodec {
+    type State = HttpState;
+    type Request = HttpRequest;
+    type Response = HttpRequest;
+
+    fn decode(
+        &self,
+        st: &mut HttpState,
+        input: &[u8],
+        out: &mut Calls<'_, HttpRequest>,
+        cx: &Cx,
+    ) -> Decoded {
+        self.0.decode_with(st, input, out, cx, |out, _, reply| {
+            out.call(HttpRequest(reply))
+        })
+    }
+
+    fn encode(&self, r: HttpRequest, out: &mut BytesMut, cx: &Cx) {
+        respond(out, cx, r.0)
+    }
+
+    fn encode_failure(&self, f: Failure, out: &mut BytesMut, _: &Cx) {
+        out.extend_from_slice(match f {
+            Failure::Panicked => H500,
+            Failure::TimedOut => H503,
+        });
+    }
+
+    fn in_request(&self, st: &HttpState) -> bool {
+        st.in_request()
+    }
+}
+
+impl HttpState {
+    fn in_request(&self) -> bool {
+        self.body_left > 0 || self.chunk != Chunk::Off
+    }
+}
+
+impl Http {
+    /// The decoder, with what to do for each request that gets a `200 OK` left to
+    /// `answer`: respond at once (inline) or hand it to the pool.
+    fn decode_with<R>(
+        &self,
+        st: &mut HttpState,
+        input: &[u8],
+        out: &mut Calls<'_, R>,
+        cx: &Cx,
+        mut answer: impl FnMut(&mut Calls<'_, R>, &Cx, Reply),
+    ) -> Decoded {
         let mut d = Decoded::default();
         loop {
             if st.body_left > 0 {
@@ -270,7 +354,7 @@ impl Protocol for Http {
                     }
                     Step::Done(n) => {
                         d.consumed += n;
-                        respond(out, cx, st.owed);
+                        answer(out, cx, st.owed);
                         d.requests += 1;
                         if !st.owed.keep_alive {
                             d.next = Next::Close;
@@ -281,7 +365,7 @@ impl Protocol for Http {
                     Step::Error(e) => e,
                 }
             } else {
-                if rest.is_empty() || d.at_limit(cx, out) {
+                if rest.is_empty() || d.at_limit(cx, out.out()) {
                     return d;
                 }
                 let mut headers = [const { MaybeUninit::<httparse::Header>::uninit() }; HEADER_CAP];
@@ -304,7 +388,8 @@ impl Protocol for Http {
                         } => {
                             d.consumed += n;
                             if expect && (body > 0 || chunked) && !reply.v10 {
-                                out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+                                out.out()
+                                    .extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
                             }
                             if chunked {
                                 // Answered once the body is complete.
@@ -313,7 +398,7 @@ impl Protocol for Http {
                                 st.owed = reply;
                                 continue;
                             }
-                            respond(out, cx, reply);
+                            answer(out, cx, reply);
                             d.requests += 1;
                             st.body_left = body;
                             if !reply.keep_alive {
@@ -328,7 +413,7 @@ impl Protocol for Http {
                     Err(_) => H400,
                 }
             };
-            out.extend_from_slice(error);
+            out.out().extend_from_slice(error);
             st.chunk = Chunk::Off;
             st.body_left = 0;
             d.requests += 1;
@@ -337,10 +422,6 @@ impl Protocol for Http {
             d.next = Next::Close;
             return d;
         }
-    }
-
-    fn in_request(&self, st: &HttpState) -> bool {
-        st.body_left > 0 || st.chunk != Chunk::Off
     }
 }
 
@@ -483,11 +564,12 @@ GET /y HTTP/1.1\r\nHost: b\r\n\r\n";
 
     #[test]
     fn error_responses_have_correct_content_length() {
-        for r in [H400, H413, H417, H431, H501] {
+        for r in [H400, H413, H417, H431, H500, H501, H503] {
             let text = std::str::from_utf8(r).unwrap();
             let (head, body) = text.split_once("\r\n\r\n").unwrap();
             assert!(
-                head.contains(&format!("Content-Length: {}\r\n", body.len())),
+                head.split("\r\n")
+                    .any(|h| h == format!("Content-Length: {}", body.len())),
                 "{head}"
             );
         }

@@ -9,6 +9,7 @@
 //! without bound.
 
 use std::borrow::Cow;
+use std::convert::Infallible;
 use std::fmt;
 
 use bytes::{BufMut, BytesMut};
@@ -16,6 +17,7 @@ use serde::{Deserialize, Serialize, Serializer};
 use serde_json::value::RawValue;
 
 use super::{Cx, Decoded, Next, Protocol};
+use crate::service::{Calls, Codec, Failure};
 
 /// The JSON-lines protocol and its limit.
 #[derive(Clone, Debug)]
@@ -86,6 +88,87 @@ impl Protocol for Json {
     type State = JsonState;
 
     fn decode(&self, st: &mut JsonState, input: &[u8], out: &mut BytesMut, cx: &Cx) -> Decoded {
+        let mut none = Vec::new();
+        let mut out = Calls::<Infallible>::new(out, &mut none);
+        self.decode_with(st, input, &mut out, cx, |out, cx, m| {
+            reply(out.out(), cx, &m.uid, &m.val)
+        })
+    }
+
+    fn in_request(&self, st: &JsonState) -> bool {
+        st.skipping
+    }
+}
+
+/// The `json` protocol with each answer computed on the worker pool (`--work`): a
+/// well-formed message goes to the service, and what comes back is answered as inline.
+/// Errors in the input are still answered at once, in order. A handler that panics or
+/// times out gets `{"error":"handler failed"}` or `{"error":"handler timed out"}`.
+#[derive(Clone, Debug, Default)]
+pub struct JsonCodec(pub Json);
+
+/// A message of the built-in JSON protocol.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JsonRequest {
+    pub uid: String,
+    pub val: String,
+}
+
+impl Codec for JsonCodec {
+    type State = JsonState;
+    type Request = JsonRequest;
+    type Response = JsonRequest;
+
+    fn decode(
+        &self,
+        st: &mut JsonState,
+        input: &[u8],
+        out: &mut Calls<'_, JsonRequest>,
+        cx: &Cx,
+    ) -> Decoded {
+        self.0.decode_with(st, input, out, cx, |out, _, m| {
+            out.call(JsonRequest {
+                uid: m.uid.into_owned(),
+                val: m.val.into_owned(),
+            })
+        })
+    }
+
+    fn encode(&self, r: JsonRequest, out: &mut BytesMut, cx: &Cx) {
+        reply(out, cx, &r.uid, &r.val)
+    }
+
+    fn encode_failure(&self, f: Failure, out: &mut BytesMut, _: &Cx) {
+        error_line(out, &f)
+    }
+
+    fn in_request(&self, st: &JsonState) -> bool {
+        st.skipping
+    }
+}
+
+fn reply(out: &mut BytesMut, cx: &Cx, uid: &str, val: &str) {
+    let reply = Reply {
+        uid,
+        val: Hello(val),
+        ts: cx.clock.rfc3339(),
+    };
+    // Writing into a BytesMut cannot fail.
+    let _ = serde_json::to_writer(out.writer(), &reply);
+    out.put_u8(b'\n');
+}
+
+impl Json {
+    /// The decoder, with what to do for each well-formed message left to `answer`:
+    /// reply at once (inline) or hand it to the pool.
+    fn decode_with<R>(
+        &self,
+        st: &mut JsonState,
+        input: &[u8],
+        out: &mut Calls<'_, R>,
+        cx: &Cx,
+        mut answer: impl FnMut(&mut Calls<'_, R>, &Cx, Msg),
+    ) -> Decoded {
         let mut d = Decoded::default();
         loop {
             if st.skipping {
@@ -107,7 +190,7 @@ impl Protocol for Json {
             if rest.is_empty() {
                 return d;
             }
-            if d.at_limit(cx, out) {
+            if d.at_limit(cx, out.out()) {
                 return d;
             }
             let mut stream = serde_json::Deserializer::from_slice(rest).into_iter::<&RawValue>();
@@ -116,24 +199,16 @@ impl Protocol for Json {
                     let len = stream.byte_offset();
                     d.requests += 1;
                     if len > self.max_message {
-                        error_line(out, &"message too long");
+                        error_line(out.out(), &"message too long");
                         d.errors += 1;
                         d.consumed = input.len();
                         d.next = Next::Close;
                         return d;
                     }
                     match serde_json::from_str::<Msg>(raw.get()) {
-                        Ok(m) => {
-                            let reply = Reply {
-                                uid: &m.uid,
-                                val: Hello(&m.val),
-                                ts: cx.clock.rfc3339(),
-                            };
-                            let _ = serde_json::to_writer(out.writer(), &reply);
-                            out.put_u8(b'\n');
-                        }
+                        Ok(m) => answer(out, cx, m),
                         Err(e) => {
-                            error_line(out, &format_args!("bad message: {e}"));
+                            error_line(out.out(), &format_args!("bad message: {e}"));
                             d.errors += 1;
                         }
                     }
@@ -141,7 +216,7 @@ impl Protocol for Json {
                 }
                 Some(Err(e)) if e.is_eof() => {
                     if rest.len() > self.max_message {
-                        error_line(out, &"message too long");
+                        error_line(out.out(), &"message too long");
                         d.requests += 1;
                         d.errors += 1;
                         d.consumed = input.len();
@@ -150,7 +225,7 @@ impl Protocol for Json {
                     return d;
                 }
                 Some(Err(e)) => {
-                    error_line(out, &format_args!("invalid JSON: {e}"));
+                    error_line(out.out(), &format_args!("invalid JSON: {e}"));
                     d.requests += 1;
                     d.errors += 1;
                     st.skipping = true;
@@ -158,10 +233,6 @@ impl Protocol for Json {
                 None => return d,
             }
         }
-    }
-
-    fn in_request(&self, st: &JsonState) -> bool {
-        st.skipping
     }
 }
 

@@ -45,8 +45,8 @@ pub mod http;
 pub mod json;
 
 pub use echo::Echo;
-pub use http::Http;
-pub use json::Json;
+pub use http::{Http, HttpCodec};
+pub use json::{Json, JsonCodec};
 
 /// What the reactor should do after a call to [`Protocol::decode`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -1,0 +1,584 @@
+//! One connection's I/O: everything the shard does to a connection between a readiness
+//! event and the next wait. [`ConnIo`] holds the shard's tools (handler, buffer pool,
+//! scratch buffer, timer wheel, counters, the link to the worker pool) apart from the
+//! slab, so that a connection borrowed from the slab and the tools can be used together.
+//!
+//! The order of work on a connection, every time it is driven:
+//!
+//! 1. flush pending output;
+//! 2. read into the shard's scratch buffer until WouldBlock (or a short read, or the
+//!    read budget), handing each read to the decoder; stop early under backpressure
+//!    (output over the high-water mark), while an answer is held (`--delay-ms`), or
+//!    while the connection has its most jobs in flight or the pool's queue is full;
+//! 3. flush again; then close, linger, or arm the connection's deadline.
+//!
+//! Only leftovers (a partial request, unsent output, an answer waiting for the jobs
+//! before it) move into pooled buffers owned by the connection.
+
+use std::io::{self, Read, Write};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use log::warn;
+use mio::{Interest, Registry, Token};
+
+use crate::buffer::BufferPool;
+use crate::clock::Clock;
+use crate::conn::*;
+use crate::jobs::{Completion, Inbox, Jobs};
+use crate::protocol::{Cx, Decoded, Next};
+use crate::service::{Calls, Failure, Handler};
+use crate::stats::Counters;
+use crate::timer::TimerWheel;
+use crate::workers::{Pool, Task};
+
+/// Bytes read from one connection per turn before others get theirs.
+const READ_BUDGET: usize = 256 * 1024;
+/// The size of the shard's read buffer.
+const SCRATCH: usize = 64 * 1024;
+
+/// What a shard needs from the configuration.
+#[derive(Clone, Debug)]
+pub(crate) struct Settings {
+    pub timeouts: Timeouts,
+    pub high_water: usize,
+    pub delay_ms: u64,
+    pub max_conns: usize,
+    pub keepalive: Option<Duration>,
+    pub drain_ms: u64,
+    pub pool_buffers: usize,
+    /// Jobs in flight per connection before it is read no more.
+    pub max_inflight: usize,
+}
+
+/// Why a connection was closed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Close {
+    Normal,
+    Error,
+    IdleTimeout,
+    ReadTimeout,
+    WriteTimeout,
+    Cut,
+}
+
+/// The shard's side of the worker pool.
+pub(crate) struct Offload<H: Handler> {
+    pub pool: Pool,
+    pub inbox: Arc<Inbox<H::Response>>,
+    /// Jobs decoded this turn, handed to the pool in one batch at the end of it.
+    pub tasks: Vec<Task>,
+    /// Connections that stopped reading because the pool's queue was full.
+    pub room_stalled: Vec<usize>,
+    next_generation: u32,
+}
+
+impl<H: Handler> Offload<H> {
+    pub fn new(pool: Pool, inbox: Arc<Inbox<H::Response>>) -> Self {
+        Offload {
+            pool,
+            inbox,
+            tasks: Vec::new(),
+            room_stalled: Vec::new(),
+            next_generation: 0,
+        }
+    }
+
+    /// Hands this turn's jobs to the pool.
+    pub fn submit(&mut self) {
+        if !self.tasks.is_empty() {
+            self.pool.submit(self.tasks.drain(..));
+        }
+    }
+}
+
+pub(crate) struct ConnIo<H: Handler> {
+    pub handler: Arc<H>,
+    pub set: Settings,
+    pub pool: BufferPool,
+    pub wheel: TimerWheel<usize>,
+    scratch: Box<[u8]>,
+    pub clock: Clock,
+    /// Milliseconds since the shard started, read once per turn.
+    pub now: u64,
+    pub stats: Counters,
+    /// Connections to drive again this turn (read budget used up, room freed).
+    pub requeue: Vec<usize>,
+    pub draining: bool,
+    pub offload: Option<Offload<H>>,
+    calls: Vec<(usize, H::Request)>,
+    segment: Vec<u8>,
+}
+
+fn would_block(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::WouldBlock
+}
+
+fn interrupted(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::Interrupted
+}
+
+impl<H: Handler> ConnIo<H> {
+    pub fn new(handler: Arc<H>, set: Settings, wheel: TimerWheel<usize>) -> Self {
+        ConnIo {
+            handler,
+            pool: BufferPool::new(set.pool_buffers),
+            set,
+            wheel,
+            scratch: vec![0u8; SCRATCH].into_boxed_slice(),
+            clock: Clock::default(),
+            now: 0,
+            stats: Counters::default(),
+            requeue: Vec::new(),
+            draining: false,
+            offload: None,
+            calls: Vec::new(),
+            segment: Vec::new(),
+        }
+    }
+
+    /// Does all the work the socket allows now. `Err` means: close it, for this reason.
+    pub fn drive(
+        &mut self,
+        reg: &Registry,
+        conn: &mut Conn<H::State>,
+        key: usize,
+        read_to_block: bool,
+    ) -> Result<(), Close> {
+        if conn.stage == Stage::Lingering {
+            return self.linger(conn);
+        }
+        self.flush(reg, conn, key)?;
+        let mut budget = READ_BUDGET;
+        loop {
+            if conn.held_until != 0 || conn.stage != Stage::Serving {
+                break;
+            }
+            if conn.out_len() >= self.set.high_water {
+                // Backpressure: read no more until the output is below the mark. Try a
+                // write first; only if the peer is not taking it do we wait for WRITABLE.
+                self.flush(reg, conn, key)?;
+                if conn.out_len() >= self.set.high_water {
+                    break;
+                }
+            }
+            if H::POOLED && self.no_room_for_jobs(conn, key) {
+                break;
+            }
+            if budget == 0 {
+                self.requeue.push(key);
+                break;
+            }
+            if conn.has(DECODE_PENDING) {
+                budget = budget.saturating_sub(4096);
+                self.feed(conn, key, 0);
+                continue;
+            }
+            if conn.has(PEER_EOF) {
+                break;
+            }
+            match conn.sock.read(&mut self.scratch) {
+                Ok(0) => conn.set(PEER_EOF, true),
+                Ok(n) => {
+                    budget = budget.saturating_sub(n);
+                    self.stats.bytes_in += n as u64;
+                    conn.last_active = self.now;
+                    self.feed(conn, key, n);
+                    // Edge-triggered: a read shorter than the buffer emptied the socket,
+                    // and bytes arriving later raise a new edge. Skipping the read that
+                    // would only say WouldBlock saves a syscall per request.
+                    if n < self.scratch.len() && !read_to_block && !conn.has(DECODE_PENDING) {
+                        break;
+                    }
+                }
+                Err(e) if would_block(&e) => break,
+                Err(e) if interrupted(&e) => {}
+                Err(_) => return Err(Close::Error),
+            }
+        }
+        self.flush(reg, conn, key)?;
+        if conn.stage == Stage::Closing && conn.output.is_none() && conn.jobs.is_none() {
+            // Half-close and read until the peer closes, so that unread request bytes
+            // do not turn our close into a reset that destroys the answer in flight.
+            if let Some(b) = conn.input.take() {
+                self.pool.put(b);
+            }
+            let _ = conn.sock.shutdown(std::net::Shutdown::Write);
+            conn.stage = Stage::Lingering;
+            conn.write_since = self.now;
+            return self.linger(conn);
+        }
+        if conn.has(PEER_EOF)
+            && conn.output.is_none()
+            && conn.jobs.is_none()
+            && conn.held_until == 0
+            && !conn.has(DECODE_PENDING)
+        {
+            return Err(Close::Normal);
+        }
+        if self.draining && conn.is_quiet() {
+            return Err(Close::Normal);
+        }
+        Ok(())
+    }
+
+    /// Whether the connection must stop reading for the pool: it has its most jobs in
+    /// flight (its completions will drive it again), or the queue is full (the pool
+    /// wakes the shard when room frees).
+    fn no_room_for_jobs(&mut self, conn: &Conn<H::State>, key: usize) -> bool {
+        let Some(off) = self.offload.as_mut() else {
+            return false;
+        };
+        if conn.jobs_pending() >= self.set.max_inflight {
+            self.stats.stalls += 1;
+            return true;
+        }
+        if off.pool.has_room() {
+            return false;
+        }
+        off.pool.wake_on_room(off.inbox.waker());
+        // Room freed between the look and the request to be woken is not missed.
+        if off.pool.has_room() {
+            return false;
+        }
+        off.room_stalled.push(key);
+        self.stats.stalls += 1;
+        true
+    }
+
+    /// Hands `n` new bytes from the scratch buffer (or, with `n == 0`, what is already
+    /// buffered) to the decoder.
+    fn feed(&mut self, conn: &mut Conn<H::State>, key: usize, n: usize) {
+        let reserved = match self.offload.as_ref() {
+            Some(off) if H::POOLED => off
+                .pool
+                .try_reserve(self.set.max_inflight.saturating_sub(conn.jobs_pending())),
+            _ => usize::MAX,
+        };
+        let cx = Cx {
+            clock: &self.clock,
+            out_limit: self.set.high_water,
+            max_requests: if self.set.delay_ms > 0 { 1 } else { reserved },
+        };
+        let was_in_request = conn.has(IN_REQUEST);
+        let out = conn.output.get_or_insert_with(|| self.pool.get());
+        let out_start = out.len();
+        let mut calls = Calls::new(out, &mut self.calls);
+        let d: Decoded = match conn.input.as_mut() {
+            Some(input) => {
+                input.extend_from_slice(&self.scratch[..n]);
+                let d = self.handler.decode(&mut conn.state, input, &mut calls, &cx);
+                input.advance(d.consumed);
+                d
+            }
+            None => {
+                let d = self
+                    .handler
+                    .decode(&mut conn.state, &self.scratch[..n], &mut calls, &cx);
+                if d.consumed < n && d.next != Next::Close {
+                    let mut b = self.pool.get();
+                    b.extend_from_slice(&self.scratch[d.consumed..n]);
+                    conn.input = Some(b);
+                }
+                d
+            }
+        };
+        if H::POOLED && self.offload.is_some() {
+            self.hand_over(conn, key, out_start, reserved);
+        }
+        if conn.output.as_ref().is_some_and(|b| b.is_empty())
+            && let Some(b) = conn.output.take()
+        {
+            self.pool.put(b);
+        }
+        if (conn.input.as_ref().is_some_and(|b| b.is_empty()) || d.next == Next::Close)
+            && let Some(b) = conn.input.take()
+        {
+            self.pool.put(b);
+        }
+        self.stats.requests += d.requests as u64;
+        self.stats.bad_requests += d.errors as u64;
+        conn.set(
+            DECODE_PENDING,
+            d.next == Next::Yield && conn.input.is_some(),
+        );
+        if d.next == Next::Close {
+            conn.stage = Stage::Closing;
+        }
+        if d.requests > 0 {
+            conn.last_active = self.now;
+            if self.set.delay_ms > 0 {
+                conn.held_until = self.now + self.set.delay_ms;
+            }
+        }
+        let in_request = conn.input.is_some() || self.handler.in_request(&conn.state);
+        if !in_request {
+            conn.set(IN_REQUEST, false);
+        } else if d.requests > 0 || !was_in_request {
+            conn.request_start = self.now;
+            conn.set(IN_REQUEST, true);
+        }
+    }
+
+    /// After a decode: turns the requests it handed over into jobs, and keeps every
+    /// answer in request order. The decoder wrote its immediate answers to the output
+    /// and noted where each call stands in it; whatever follows a job (or any job still
+    /// in flight) must wait for it, so it moves into the connection's reorder queue.
+    fn hand_over(
+        &mut self,
+        conn: &mut Conn<H::State>,
+        key: usize,
+        out_start: usize,
+        reserved: usize,
+    ) {
+        let Some(off) = self.offload.as_mut() else {
+            return;
+        };
+        let used = self.calls.len();
+        off.pool.release(reserved.saturating_sub(used));
+        if used == 0 && conn.jobs.is_none() {
+            return;
+        }
+        let Some(out) = conn.output.as_mut() else {
+            return;
+        };
+        self.segment.clear();
+        self.segment.extend_from_slice(&out[out_start..]);
+        out.truncate(out_start);
+        let jobs = conn.jobs.get_or_insert_with(|| {
+            off.next_generation = off.next_generation.wrapping_add(1);
+            Box::new(Jobs::new(off.next_generation))
+        });
+        let generation = jobs.generation;
+        let mut done = 0;
+        for (at, request) in self.calls.drain(..) {
+            let upto = at - out_start;
+            place(&self.segment[done..upto], out, jobs, &mut self.pool);
+            done = upto;
+            let seq = jobs.push_pending(self.now);
+            let handler = self.handler.clone();
+            let inbox = off.inbox.clone();
+            off.tasks.push(Box::new(move || {
+                let result = catch_unwind(AssertUnwindSafe(|| handler.call(request)));
+                let result = result.map_err(|panic| {
+                    let msg = panic
+                        .downcast_ref::<&str>()
+                        .copied()
+                        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+                        .unwrap_or("(no message)");
+                    warn!("a handler panicked: {msg}; its request gets an error answer");
+                });
+                inbox.push(Completion {
+                    key,
+                    generation,
+                    seq,
+                    result,
+                });
+            }));
+        }
+        place(&self.segment[done..], out, jobs, &mut self.pool);
+        if jobs.is_empty() {
+            conn.jobs = None;
+        }
+        self.stats.jobs += used as u64;
+    }
+
+    /// A finished job: its answer goes to the output if every answer before it is out,
+    /// else into its slot. Returns whether the connection should be driven (flushed).
+    pub fn complete(
+        &mut self,
+        conn: Option<&mut Conn<H::State>>,
+        c: Completion<H::Response>,
+    ) -> bool {
+        let Some(conn) = conn else {
+            self.stats.jobs_dropped += 1;
+            return false;
+        };
+        let Some(jobs) = conn.jobs.as_mut().filter(|j| j.generation == c.generation) else {
+            self.stats.jobs_dropped += 1;
+            return false;
+        };
+        let Some(slot) = jobs.take_pending(c.seq) else {
+            // Already answered by the handler timeout.
+            self.stats.jobs_dropped += 1;
+            return false;
+        };
+        let cx = Cx::new(&self.clock);
+        let encode = |out: &mut BytesMut| match c.result {
+            Ok(answer) => self.handler.encode(answer, out, &cx),
+            Err(()) => {
+                self.stats.handler_panics += 1;
+                self.handler.encode_failure(Failure::Panicked, out, &cx);
+            }
+        };
+        if jobs.is_front(&slot) {
+            let out = conn.output.get_or_insert_with(|| self.pool.get());
+            encode(out);
+            jobs.pop_front_answered();
+            while let Some(b) = jobs.pop_ready() {
+                out.extend_from_slice(&b);
+                self.pool.put(b);
+            }
+        } else {
+            let mut b = self.pool.get();
+            encode(&mut b);
+            jobs.fill(slot, b);
+        }
+        if jobs.is_empty() {
+            conn.jobs = None;
+        }
+        conn.last_active = self.now;
+        true
+    }
+
+    /// The handler timeout: jobs in flight longer than it are answered with a failure
+    /// now, and their late results will be dropped.
+    pub fn expire_jobs(&mut self, conn: &mut Conn<H::State>) {
+        let (Some(jobs), Some(limit)) = (conn.jobs.as_mut(), self.set.timeouts.handler) else {
+            return;
+        };
+        let cx = Cx::new(&self.clock);
+        let pool = &mut self.pool;
+        let handler = &self.handler;
+        let n = jobs.expire(self.now.saturating_sub(limit), || {
+            let mut b = pool.get();
+            handler.encode_failure(Failure::TimedOut, &mut b, &cx);
+            b
+        });
+        self.stats.handler_timeouts += n as u64;
+        if let Some(b) = jobs.pop_ready() {
+            let out = conn.output.get_or_insert_with(|| pool.get());
+            out.extend_from_slice(&b);
+            pool.put(b);
+            while let Some(b) = jobs.pop_ready() {
+                out.extend_from_slice(&b);
+                pool.put(b);
+            }
+        }
+        if jobs.is_empty() {
+            conn.jobs = None;
+        }
+    }
+
+    /// Writes pending output until done or WouldBlock, and keeps WRITABLE interest
+    /// registered exactly while output is pending.
+    pub fn flush(
+        &mut self,
+        reg: &Registry,
+        conn: &mut Conn<H::State>,
+        key: usize,
+    ) -> Result<(), Close> {
+        if conn.held_until != 0 {
+            return Ok(());
+        }
+        if let Some(out) = conn.output.as_mut() {
+            while !out.is_empty() {
+                match conn.sock.write(out) {
+                    Ok(0) => return Err(Close::Error),
+                    Ok(n) => {
+                        out.advance(n);
+                        self.stats.bytes_out += n as u64;
+                        conn.write_since = self.now;
+                    }
+                    Err(e) if would_block(&e) => break,
+                    Err(e) if interrupted(&e) => {}
+                    Err(_) => return Err(Close::Error),
+                }
+            }
+            if out.is_empty() {
+                if let Some(b) = conn.output.take() {
+                    self.pool.put(b);
+                }
+                conn.last_active = self.now;
+            }
+        }
+        let pending = conn.output.is_some();
+        if pending != conn.has(WANT_WRITE) {
+            let interest = if pending {
+                conn.write_since = self.now;
+                Interest::READABLE | Interest::WRITABLE
+            } else {
+                Interest::READABLE
+            };
+            reg.reregister(&mut conn.sock, Token(key), interest)
+                .map_err(|_| Close::Error)?;
+            conn.set(WANT_WRITE, pending);
+        }
+        Ok(())
+    }
+
+    /// Lingering close: discard whatever the peer still sends until it closes.
+    fn linger(&mut self, conn: &mut Conn<H::State>) -> Result<(), Close> {
+        loop {
+            match conn.sock.read(&mut self.scratch) {
+                Ok(0) => return Err(Close::Normal),
+                Ok(n) => self.stats.bytes_in += n as u64,
+                Err(e) if would_block(&e) => return Ok(()),
+                Err(e) if interrupted(&e) => {}
+                Err(_) => return Err(Close::Normal),
+            }
+        }
+    }
+
+    /// Makes sure the wheel will look at the connection no later than its deadline.
+    /// Lazy: an entry that comes due before the deadline is simply re-armed then.
+    pub fn arm(&mut self, conn: &mut Conn<H::State>, key: usize) {
+        let Some(deadline) = conn.deadline(&self.set.timeouts) else {
+            return;
+        };
+        if conn.timer.is_some() && conn.timer_at <= deadline {
+            return;
+        }
+        if let Some(t) = conn.timer.take() {
+            self.wheel.cancel(t);
+        }
+        conn.timer = Some(self.wheel.schedule(deadline, key));
+        conn.timer_at = deadline;
+    }
+
+    pub fn close(&mut self, mut conn: Conn<H::State>, why: Close) {
+        if let Some(t) = conn.timer.take() {
+            self.wheel.cancel(t);
+        }
+        for b in [conn.input.take(), conn.output.take()]
+            .into_iter()
+            .flatten()
+        {
+            self.pool.put(b);
+        }
+        if let Some(jobs) = conn.jobs.take() {
+            // Their results will find no connection and be dropped.
+            for b in jobs.into_buffers() {
+                self.pool.put(b);
+            }
+        }
+        let s = &mut self.stats;
+        s.closed += 1;
+        match why {
+            Close::Normal => {}
+            Close::Error => s.io_errors += 1,
+            Close::IdleTimeout => s.idle_timeouts += 1,
+            Close::ReadTimeout => s.read_timeouts += 1,
+            Close::WriteTimeout => s.write_timeouts += 1,
+            Close::Cut => s.cut_at_shutdown += 1,
+        }
+        // Dropping the socket closes it, which also removes it from epoll.
+    }
+}
+
+/// Puts an immediate answer where it belongs: straight into the output when no answer
+/// is owed before it, else behind the owed ones.
+fn place(bytes: &[u8], out: &mut BytesMut, jobs: &mut Jobs, pool: &mut BufferPool) {
+    if bytes.is_empty() {
+        return;
+    }
+    if jobs.is_empty() {
+        out.extend_from_slice(bytes);
+    } else {
+        let mut b = pool.get();
+        b.extend_from_slice(bytes);
+        jobs.push_ready(b);
+    }
+}

@@ -1,0 +1,385 @@
+//! Handlers that may block, and the one trait the loop drives.
+//!
+//! A [`Protocol`] answers every request inline, on the loop: right for work that never
+//! blocks (the built-in protocols, a key-value store in memory). Work that may block (a
+//! database query, a file read, a long computation) is split in two:
+//!
+//! - a [`Codec`], sans-IO and on the loop: it decodes requests from bytes and hands each
+//!   one to the pool with [`Calls::call`], and it encodes the answers;
+//! - a [`Service`], whose [`call`](Service::call) runs on a worker thread and may take
+//!   as long as it needs. A closure `Fn(Request) -> Response` is a service.
+//!
+//! [`Pooled`] joins the two, and [`Server::start_with`](crate::Server::start_with) runs
+//! it like any protocol:
+//!
+//! ```no_run
+//! use bytes::BytesMut;
+//! use reactor::protocol::{Cx, Decoded};
+//! use reactor::service::{Calls, Codec, Failure, Pooled};
+//!
+//! /// A line in, a line out; the answer is computed on the pool.
+//! #[derive(Clone)]
+//! struct Lines;
+//!
+//! impl Codec for Lines {
+//!     type State = ();
+//!     type Request = String;
+//!     type Response = String;
+//!     fn decode(&self, _: &mut (), input: &[u8], out: &mut Calls<String>, cx: &Cx) -> Decoded {
+//!         let mut d = Decoded::default();
+//!         while let Some(nl) = input[d.consumed..].iter().position(|&b| b == b'\n') {
+//!             if d.at_limit(cx, out.out()) {
+//!                 break;
+//!             }
+//!             let line = &input[d.consumed..d.consumed + nl];
+//!             out.call(String::from_utf8_lossy(line).into_owned());
+//!             d.consumed += nl + 1;
+//!             d.requests += 1;
+//!         }
+//!         d
+//!     }
+//!     fn encode(&self, answer: String, out: &mut BytesMut, _: &Cx) {
+//!         out.extend_from_slice(answer.as_bytes());
+//!         out.extend_from_slice(b"\n");
+//!     }
+//!     fn encode_failure(&self, f: Failure, out: &mut BytesMut, _: &Cx) {
+//!         out.extend_from_slice(format!("ERR {f}\n").as_bytes());
+//!     }
+//! }
+//!
+//! let slow_upper = |line: String| {
+//!     std::thread::sleep(std::time::Duration::from_millis(50)); // blocks a worker, not the loop
+//!     line.to_uppercase()
+//! };
+//! let mut cfg = reactor::Config::default();
+//! cfg.workers = 4;
+//! let server = reactor::Server::start_with(&cfg, Pooled::new(Lines, slow_upper))?;
+//! # Ok::<(), std::io::Error>(())
+//! ```
+//!
+//! The loop itself sees both kinds through [`Handler`], which every [`Protocol`] and
+//! every [`Pooled`] implement; with a plain protocol, nothing of the pool is compiled into
+//! its loop ([`Handler::POOLED`] is `false`).
+
+use std::convert::Infallible;
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+
+use crate::protocol::{Cx, Decoded, Protocol};
+
+/// Why a request got no answer from its service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// The service panicked while handling it.
+    Panicked,
+    /// The answer was not ready within `--handler-timeout`.
+    TimedOut,
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Failure::Panicked => "handler failed",
+            Failure::TimedOut => "handler timed out",
+        })
+    }
+}
+
+/// Where a [`Codec`] puts its output: answers it gives at once (errors, interim
+/// responses) go to [`out`](Calls::out); requests for the service go to
+/// [`call`](Calls::call). The reactor sends everything in the order it was given,
+/// whatever order the service finishes in.
+pub struct Calls<'a, R> {
+    out: &'a mut BytesMut,
+    calls: &'a mut Vec<(usize, R)>,
+}
+
+impl<'a, R> Calls<'a, R> {
+    /// Output to `out`, calls collected in `calls` with the output offset they stand at.
+    pub fn new(out: &'a mut BytesMut, calls: &'a mut Vec<(usize, R)>) -> Self {
+        Calls { out, calls }
+    }
+
+    /// The output buffer, for answers given at once.
+    pub fn out(&mut self) -> &mut BytesMut {
+        self.out
+    }
+
+    /// Hands a request to the service. Its answer goes out after everything written
+    /// or called before it, and before everything after.
+    pub fn call(&mut self, request: R) {
+        self.calls.push((self.out.len(), request));
+    }
+
+    /// Requests handed over so far.
+    pub fn calls(&self) -> &[(usize, R)] {
+        self.calls
+    }
+}
+
+/// The wire side of a service: sans-IO, run on the loop. See the module documentation.
+pub trait Codec: Clone + Send + 'static {
+    /// Per-connection state kept between calls; every connection carries one.
+    type State: Default + Send;
+    /// A decoded request, handed to a worker.
+    type Request: Send + 'static;
+    /// The service's answer, encoded on the loop.
+    type Response: Send + 'static;
+
+    /// Decodes requests from `input`, handing each to [`Calls::call`] (or answering
+    /// it at once in [`Calls::out`]) and counting it in [`Decoded::requests`]. The same
+    /// contract as [`Protocol::decode`]: call [`Decoded::at_limit`] before each request
+    /// (the reactor uses its limit to bound the jobs in flight per connection).
+    fn decode(
+        &self,
+        state: &mut Self::State,
+        input: &[u8],
+        out: &mut Calls<'_, Self::Request>,
+        cx: &Cx,
+    ) -> Decoded;
+
+    /// Appends the answer to a request.
+    fn encode(&self, response: Self::Response, out: &mut BytesMut, cx: &Cx);
+
+    /// Appends the answer to a request whose service panicked or timed out (HTTP 500
+    /// or 503, an error line). The connection goes on after it.
+    fn encode_failure(&self, failure: Failure, out: &mut BytesMut, cx: &Cx);
+
+    /// Whether the state holds a request in progress (see [`Protocol::in_request`]).
+    fn in_request(&self, _state: &Self::State) -> bool {
+        false
+    }
+}
+
+/// Work that may block: run on a worker thread, once per request.
+pub trait Service<Req>: Send + Sync + 'static {
+    type Response: Send + 'static;
+    fn call(&self, request: Req) -> Self::Response;
+}
+
+impl<Req, Res, F> Service<Req> for F
+where
+    F: Fn(Req) -> Res + Send + Sync + 'static,
+    Res: Send + 'static,
+{
+    type Response = Res;
+    fn call(&self, request: Req) -> Res {
+        self(request)
+    }
+}
+
+/// A [`Codec`] on the loop and a [`Service`] on the worker pool, run together by
+/// [`Server::start_with`](crate::Server::start_with).
+pub struct Pooled<C, S> {
+    codec: C,
+    service: Arc<S>,
+}
+
+impl<C: Clone, S> Clone for Pooled<C, S> {
+    fn clone(&self) -> Self {
+        Pooled {
+            codec: self.codec.clone(),
+            service: self.service.clone(),
+        }
+    }
+}
+
+impl<C, S> Pooled<C, S>
+where
+    C: Codec,
+    S: Service<C::Request, Response = C::Response>,
+{
+    pub fn new(codec: C, service: S) -> Self {
+        Pooled {
+            codec,
+            service: Arc::new(service),
+        }
+    }
+}
+
+/// What the loop drives: implemented for every [`Protocol`] (all answers inline) and
+/// every [`Pooled`] codec and service. Implement [`Protocol`] or [`Codec`] rather than
+/// this.
+pub trait Handler: Clone + Send + Sync + 'static {
+    type State: Default + Send;
+    type Request: Send + 'static;
+    type Response: Send + 'static;
+    /// Whether [`decode`](Handler::decode) may hand requests to the pool. `false`
+    /// compiles the pool's path out of the loop.
+    const POOLED: bool;
+    fn decode(
+        &self,
+        state: &mut Self::State,
+        input: &[u8],
+        out: &mut Calls<'_, Self::Request>,
+        cx: &Cx,
+    ) -> Decoded;
+    fn in_request(&self, state: &Self::State) -> bool;
+    /// Runs on a worker.
+    fn call(&self, request: Self::Request) -> Self::Response;
+    fn encode(&self, response: Self::Response, out: &mut BytesMut, cx: &Cx);
+    fn encode_failure(&self, failure: Failure, out: &mut BytesMut, cx: &Cx);
+}
+
+impl<P: Protocol + Sync> Handler for P {
+    type State = P::State;
+    type Request = Infallible;
+    type Response = Infallible;
+    const POOLED: bool = false;
+
+    #[inline]
+    fn decode(
+        &self,
+        state: &mut P::State,
+        input: &[u8],
+        out: &mut Calls<'_, Infallible>,
+        cx: &Cx,
+    ) -> Decoded {
+        Protocol::decode(self, state, input, out.out(), cx)
+    }
+
+    #[inline]
+    fn in_request(&self, state: &P::State) -> bool {
+        Protocol::in_request(self, state)
+    }
+
+    fn call(&self, request: Infallible) -> Infallible {
+        match request {}
+    }
+
+    fn encode(&self, response: Infallible, _: &mut BytesMut, _: &Cx) {
+        match response {}
+    }
+
+    fn encode_failure(&self, _: Failure, _: &mut BytesMut, _: &Cx) {}
+}
+
+impl<C, S> Handler for Pooled<C, S>
+where
+    C: Codec + Sync,
+    S: Service<C::Request, Response = C::Response>,
+{
+    type State = C::State;
+    type Request = C::Request;
+    type Response = C::Response;
+    const POOLED: bool = true;
+
+    fn decode(
+        &self,
+        state: &mut C::State,
+        input: &[u8],
+        out: &mut Calls<'_, C::Request>,
+        cx: &Cx,
+    ) -> Decoded {
+        self.codec.decode(state, input, out, cx)
+    }
+
+    fn in_request(&self, state: &C::State) -> bool {
+        self.codec.in_request(state)
+    }
+
+    fn call(&self, request: C::Request) -> C::Response {
+        self.service.call(request)
+    }
+
+    fn encode(&self, response: C::Response, out: &mut BytesMut, cx: &Cx) {
+        self.codec.encode(response, out, cx)
+    }
+
+    fn encode_failure(&self, failure: Failure, out: &mut BytesMut, cx: &Cx) {
+        self.codec.encode_failure(failure, out, cx)
+    }
+}
+
+/// The seeds' slow handler, for the built-in protocols (`--work`): each request costs
+/// this much on a worker, then is answered as usual.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Work {
+    /// A blocking `thread::sleep` (the seeds' `time.Sleep`): waiting, not computing.
+    Sleep(Duration),
+    /// This much CPU, busy-waiting.
+    Spin(Duration),
+}
+
+impl Work {
+    pub fn run(&self) {
+        match *self {
+            Work::Sleep(d) => std::thread::sleep(d),
+            Work::Spin(d) => {
+                let start = Instant::now();
+                while start.elapsed() < d {
+                    std::hint::spin_loop();
+                }
+            }
+        }
+    }
+}
+
+impl FromStr for Work {
+    type Err = String;
+    /// `sleep:10ms` or `spin:100us` (units: us, ms, s).
+    fn from_str(s: &str) -> Result<Work, String> {
+        let (kind, d) = s
+            .split_once(':')
+            .ok_or_else(|| format!("`{s}`: expected sleep:DURATION or spin:DURATION"))?;
+        let d = match d.strip_suffix("us") {
+            Some(us) => {
+                Duration::from_micros(us.parse().map_err(|_| format!("`{d}` is not a duration"))?)
+            }
+            None => crate::config::parse_duration(d)?,
+        };
+        match kind {
+            "sleep" => Ok(Work::Sleep(d)),
+            "spin" => Ok(Work::Spin(d)),
+            _ => Err(format!("`{kind}`: the work is sleep or spin")),
+        }
+    }
+}
+
+/// Passes the request through after doing the work: the built-in protocols answer as
+/// they would inline.
+impl<R: Send + 'static> Service<R> for Work {
+    type Response = R;
+    fn call(&self, request: R) -> R {
+        self.run();
+        request
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn work_parses() {
+        assert_eq!(
+            "sleep:10ms".parse(),
+            Ok(Work::Sleep(Duration::from_millis(10)))
+        );
+        assert_eq!(
+            "spin:100us".parse(),
+            Ok(Work::Spin(Duration::from_micros(100)))
+        );
+        assert_eq!("sleep:2".parse(), Ok(Work::Sleep(Duration::from_secs(2))));
+        assert!("nap:1s".parse::<Work>().is_err());
+        assert!("sleep".parse::<Work>().is_err());
+        assert!("spin:fast".parse::<Work>().is_err());
+    }
+
+    #[test]
+    fn calls_remember_where_they_stand_in_the_output() {
+        let mut out = BytesMut::new();
+        let mut v = Vec::new();
+        let mut c = Calls::new(&mut out, &mut v);
+        c.out().extend_from_slice(b"ab");
+        c.call(1);
+        c.call(2);
+        c.out().extend_from_slice(b"c");
+        c.call(3);
+        assert_eq!(v, [(2, 1), (2, 2), (3, 3)]);
+    }
+}

@@ -1,0 +1,32 @@
+//! What the server and its shards share: the shutdown flags and each shard's published
+//! counters. A leaf module, so that the server can depend on the shards and the shards
+//! on this, with no cycle.
+
+use std::sync::Mutex;
+use std::sync::atomic::AtomicBool;
+
+use crate::stats::Counters;
+
+/// A shard's counters as last published, for the server to read.
+pub(crate) type StatsCell = Mutex<Counters>;
+
+pub(crate) struct Shared {
+    /// Set on the first SIGINT/SIGTERM (or [`Server::shutdown`](crate::Server::shutdown)):
+    /// drain.
+    pub shutdown: AtomicBool,
+    /// Set on the second: cut what is still open.
+    pub force: AtomicBool,
+    pub stats: Vec<StatsCell>,
+}
+
+impl Shared {
+    pub fn new(shards: usize) -> Shared {
+        Shared {
+            shutdown: AtomicBool::new(false),
+            force: AtomicBool::new(false),
+            stats: (0..shards)
+                .map(|_| Mutex::new(Counters::default()))
+                .collect(),
+        }
+    }
+}
