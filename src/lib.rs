@@ -10,7 +10,7 @@
 //! - `conn_io` (private): one connection's I/O: read until WouldBlock, decode, hand
 //!   requests to the worker pool, write.
 //! - `conn` (private): one connection's state, buffers, stage and deadlines.
-//! - [`jobs`]: a connection's jobs in flight (its reorder queue) and the completion
+//! - `jobs` (private): a connection's jobs in flight (its reorder queue) and the completion
 //!   queue that brings their answers back to the shard.
 //! - [`workers`]: the worker pool for handlers that may block: fixed or growing,
 //!   bounded queue.
@@ -24,6 +24,22 @@
 //! - [`listener`]: socket options and the open-files limit.
 //! - [`config`]: every setting and its default.
 //! - [`stats`]: the counters.
+//!
+//! # Examples
+//!
+//! Both are in `examples/`, run with `cargo run --release --example NAME`, and tested by
+//! `cargo test` (their tests start the server in-process and talk to it over sockets).
+//!
+//! **`kv`**: a key-value store in memory over a line protocol. Its work never blocks,
+//! so it is a [`Protocol`](protocol::Protocol), answered on the loop:
+//!
+#![doc = concat!("```rust,ignore\n", include_str!("../examples/kv.rs"), "```")]
+//!
+//! **`files`**: each request names a file, and a worker reads it (a blocking read) and
+//! answers with its size. The decoding and encoding are a [`Codec`](service::Codec) on
+//! the loop; the read is the [`Service`](service::Service), on the worker pool:
+//!
+#![doc = concat!("```rust,ignore\n", include_str!("../examples/files.rs"), "```")]
 
 mod accept;
 pub mod buffer;
@@ -31,7 +47,7 @@ pub mod clock;
 pub mod config;
 mod conn;
 mod conn_io;
-pub mod jobs;
+mod jobs;
 pub mod listener;
 pub mod protocol;
 mod reactor;

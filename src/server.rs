@@ -296,16 +296,25 @@ impl Drop for Server {
     }
 }
 
-/// Runs a server until SIGINT or SIGTERM, then drains it. A second signal cuts the
-/// connections still open.
+/// Runs a server of `cfg`'s built-in protocol until SIGINT or SIGTERM, then drains it.
+/// A second signal cuts the connections still open.
 pub fn run(cfg: &Config) -> io::Result<Counters> {
+    serve(cfg, || Server::start(cfg))
+}
+
+/// Like [`run`], with a handler of the caller's own (see [`Server::start_with`]).
+pub fn run_with<H: Handler>(cfg: &Config, handler: H) -> io::Result<Counters> {
+    serve(cfg, || Server::start_with(cfg, handler))
+}
+
+fn serve(cfg: &Config, start: impl FnOnce() -> io::Result<Server>) -> io::Result<Counters> {
     // Signals are caught before any thread starts, so an early SIGTERM is a drain, not
     // a kill.
     let mut signals = Signals::new([SIGINT, SIGTERM])?;
     let mut poll = Poll::new()?;
     poll.registry()
         .register(&mut signals, Token(0), Interest::READABLE)?;
-    let server = Server::start(cfg)?;
+    let server = start()?;
     let mut events = Events::with_capacity(8);
     let tick = if cfg.stats_interval.is_zero() {
         Duration::from_millis(200)
