@@ -219,3 +219,96 @@ fn source_ips_are_all_used() {
         assert_eq!(n, 10, "connections from {ip}");
     }
 }
+
+/// Runs reactor-bench with `args` and `--json`; returns the exit code, the report and
+/// what it printed on stderr (where it says why it failed).
+fn bench_stderr(args: &str) -> (Option<i32>, Value, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_reactor-bench"))
+        .args(args.split_whitespace())
+        .arg("--json")
+        .output()
+        .expect("run reactor-bench");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    eprintln!("{err}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{text}");
+    (
+        out.status.code(),
+        serde_json::from_str(&text).expect("JSON report"),
+        err,
+    )
+}
+
+#[test]
+fn fewer_connections_established_than_asked_fails_the_run() {
+    // At 1 connection per second the run (1 s, then 3 s of timeout and 1 s of grace)
+    // ends long before 50 connections are open: every request is answered, nothing
+    // fails, yet most of the connections asked for were never made.
+    let srv = Server::start("--protocol echo");
+    let addr = srv.addr.to_string();
+    let (code, v, err) = bench_stderr(&format!(
+        "--addr {addr} --protocol echo --conns 50 --connect-rate 1 --duration 1 --timeout 3"
+    ));
+    let est = v["conns_established"].as_u64().unwrap();
+    assert!(est > 0 && est < 50, "{v}");
+    assert_eq!(v["conns_failed"], 0);
+    assert_eq!(v["requests_failed"], 0);
+    assert!(v["requests_ok"].as_u64().unwrap() > 0);
+    assert_eq!(code, Some(1), "{err}");
+    let why = format!("only {est} of 50 connections established");
+    assert!(err.contains(&why), "{err}");
+    assert!(v["failures"].to_string().contains(&why), "{v}");
+}
+
+/// An HTTP server that answers the first request on each connection properly and the
+/// second with a Content-Length near usize::MAX, which once made a bench thread panic
+/// (the slice end wrapped around). Later requests get nothing.
+fn huge_length_server() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { break };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                let mut pending = Vec::new();
+                let mut answered = 0;
+                while let Ok(got) = s.read(&mut buf) {
+                    if got == 0 {
+                        return;
+                    }
+                    pending.extend_from_slice(&buf[..got]);
+                    while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                        pending.drain(..end + 4);
+                        answered += 1;
+                        let resp: &[u8] = match answered {
+                            1 => b"HTTP/1.1 200 OK\r\nContent-Length: 13\r\n\r\nHello, World!",
+                            2 => {
+                                b"HTTP/1.1 200 OK\r\nContent-Length: 18446744073709551615\r\n\r\nx"
+                            }
+                            _ => b"",
+                        };
+                        let _ = s.write_all(resp);
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn a_panicking_worker_thread_fails_the_run() {
+    let addr = huge_length_server().to_string();
+    let (code, v, err) = bench_stderr(&format!(
+        "--addr {addr} --protocol http --conns 1 --duration 1 --timeout 1"
+    ));
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("worker thread 0 panicked"), "{err}");
+    assert!(
+        v["failures"]
+            .to_string()
+            .contains("worker thread 0 panicked"),
+        "{v}"
+    );
+}

@@ -718,6 +718,8 @@ struct Report {
     server_cpu_us_per_request: Option<f64>,
     client_cpu_percent: f64,
     first_error: Option<String>,
+    /// Why the run failed (exit 1); empty if it did not.
+    failures: Vec<String>,
     check_misses: Vec<String>,
 }
 
@@ -745,11 +747,10 @@ fn main() {
     } else {
         print_report(&opts, &report);
     }
-    let failed = report.requests_failed > 0
-        || report.conns_failed > 0
-        || report.conns_closed_by_server > 0
-        || (opts.mode == Mode::Load && report.requests_ok == 0);
-    if failed {
+    if !report.failures.is_empty() {
+        for f in &report.failures {
+            eprintln!("reactor-bench: failed: {f}");
+        }
         std::process::exit(1);
     }
     if !report.check_misses.is_empty() {
@@ -772,7 +773,7 @@ fn run(opts: &Opts) -> Report {
         .rate
         .map_or(0, |r| (1e9 * opts.conns as f64 / r) as u64)
         .max(1);
-    let mut handles = Vec::new();
+    let mut handles: Vec<Option<std::thread::JoinHandle<WorkerResult>>> = Vec::new();
     for id in 0..threads {
         let share = opts.conns / threads + usize::from(id < opts.conns % threads);
         let worker = Worker {
@@ -794,8 +795,16 @@ fn run(opts: &Opts) -> Report {
             interval_ns,
             expect: Vec::new(),
         };
-        handles.push(std::thread::spawn(move || worker.run(share)));
+        let handle = std::thread::Builder::new()
+            .name(format!("worker {id}"))
+            .spawn(move || worker.run(share))
+            .expect("spawn a worker thread");
+        handles.push(Some(handle));
     }
+    // Workers' results, joined as each thread ends; a panicked worker leaves no result
+    // and fails the run.
+    let mut results = Vec::new();
+    let mut panics = Vec::new();
 
     let bar = (!opts.quiet && !opts.json && io::stderr().is_terminal()).then(|| {
         let b = indicatif::ProgressBar::new_spinner();
@@ -811,7 +820,27 @@ fn run(opts: &Opts) -> Report {
     let mut all_open_at: Option<Instant> = None;
     loop {
         std::thread::sleep(Duration::from_millis(50));
-        let finished = handles.iter().all(|h| h.is_finished());
+        for (id, slot) in handles.iter_mut().enumerate() {
+            if slot.as_ref().is_some_and(|h| h.is_finished())
+                && let Some(h) = slot.take()
+            {
+                match h.join() {
+                    Ok(r) => results.push(r),
+                    Err(payload) => {
+                        let msg = payload
+                            .downcast_ref::<&str>()
+                            .map(|s| s.to_string())
+                            .or_else(|| payload.downcast_ref::<String>().cloned())
+                            .unwrap_or_else(|| "(no message)".into());
+                        panics.push(format!("worker thread {id} panicked: {msg}"));
+                        // Its connections and counts are lost: the run has failed, so
+                        // stop the others now rather than wait for them.
+                        shared.stop.store(true, Ordering::Relaxed);
+                    }
+                }
+            }
+        }
+        let finished = handles.iter().all(|h| h.is_none());
         let est = shared.sum(|p| &p.established);
         let cfail = shared.sum(|p| &p.conn_failed);
         if let Some(pid) = opts.server_pid
@@ -883,8 +912,7 @@ fn run(opts: &Opts) -> Report {
     let mut bytes_measured = 0;
     let mut first_error = None;
     let mut closed_by_server = 0;
-    for h in handles {
-        let r = h.join().unwrap_or_default();
+    for r in results {
         if let Some(wh) = &r.hist {
             let _ = hist.add(wh);
         }
@@ -935,15 +963,48 @@ fn run(opts: &Opts) -> Report {
         },
         client_cpu_percent: client_cpu / seconds * 100.0,
         first_error,
+        failures: Vec::new(),
         check_misses: Vec::new(),
     };
     if opts.mode == Mode::Idle {
         report.requests_per_sec = 0.0;
     }
+    report.failures = failures(opts, &report, panics);
     if opts.check {
         report.check_misses = check(&report);
     }
     report
+}
+
+/// Why the run failed, if it did: each reason makes the exit status 1.
+fn failures(opts: &Opts, r: &Report, panics: Vec<String>) -> Vec<String> {
+    let mut why = panics;
+    let asked = opts.conns as u64;
+    if r.conns_established < asked {
+        why.push(format!(
+            "only {} of {asked} connections established ({} failed to connect, {} not \
+             connected when the run ended)",
+            r.conns_established,
+            r.conns_failed,
+            asked.saturating_sub(r.conns_established + r.conns_failed)
+        ));
+    }
+    if r.conns_failed > 0 {
+        why.push(format!("{} connections failed", r.conns_failed));
+    }
+    if r.conns_closed_by_server > 0 {
+        why.push(format!(
+            "{} connections closed by the server",
+            r.conns_closed_by_server
+        ));
+    }
+    if r.requests_failed > 0 {
+        why.push(format!("{} requests failed", r.requests_failed));
+    }
+    if opts.mode == Mode::Load && r.requests_ok == 0 {
+        why.push("no request was answered".into());
+    }
+    why
 }
 
 fn check(r: &Report) -> Vec<String> {
@@ -1036,6 +1097,9 @@ fn print_report(opts: &Opts, r: &Report) {
     );
     if let Some(e) = &r.first_error {
         println!("first error: {e}");
+    }
+    for f in &r.failures {
+        println!("failed:      {f}");
     }
     if opts.check {
         if r.check_misses.is_empty() {
