@@ -161,6 +161,9 @@ enum St {
 
 struct Client {
     sock: TcpStream,
+    /// This connection's number within its worker: tells its schedule entries from
+    /// those of an earlier connection that had the same slab slot.
+    id: u64,
     st: St,
     wbuf: Vec<u8>,
     rbuf: Vec<u8>,
@@ -190,7 +193,11 @@ struct Worker {
     bytes_measured: u64,
     local: [u64; 5],
     first_error: Option<String>,
-    schedule: BinaryHeap<Reverse<(u64, usize)>>,
+    /// Open loop: (due time, slab slot, connection id). A closed connection's entries
+    /// stay in the heap; its slot may be reused by then, so each entry names the
+    /// connection it was made for and is dropped if the slot now holds another.
+    schedule: BinaryHeap<Reverse<(u64, usize, u64)>>,
+    next_conn_id: u64,
     interval_ns: u64,
     expect: Vec<u8>,
 }
@@ -237,8 +244,11 @@ impl Worker {
             Token(entry.key()),
             Interest::READABLE | Interest::WRITABLE,
         )?;
+        let id = self.next_conn_id;
+        self.next_conn_id += 1;
         entry.insert(Client {
             sock,
+            id,
             st: St::Connecting,
             wbuf: Vec::new(),
             rbuf: Vec::new(),
@@ -426,8 +436,9 @@ impl Worker {
                         // interval, so that the rate is smooth, not bursts.
                         let n = (self.opts.conns / self.opts.threads).max(1) as u64;
                         let jitter = self.interval_ns * (key as u64 % n) / n;
+                        let id = c.id;
                         self.schedule
-                            .push(Reverse((now_ns(&self.shared) + jitter, key)));
+                            .push(Reverse((now_ns(&self.shared) + jitter, key, id)));
                     }
                     self.top_up(key);
                 }
@@ -493,19 +504,21 @@ impl Worker {
     /// Open loop: send every request whose time has come.
     fn send_due(&mut self) {
         let now = now_ns(&self.shared);
-        while let Some(&Reverse((t, key))) = self.schedule.peek() {
+        while let Some(&Reverse((t, key, id))) = self.schedule.peek() {
             if t > now {
                 break;
             }
             self.schedule.pop();
-            let Some(c) = self.clients.get(key) else {
+            // The slot is empty or holds a later connection: this entry's connection
+            // is gone, and so is its schedule.
+            let Some(c) = self.clients.get(key).filter(|c| c.id == id) else {
                 continue;
             };
             if !self.may_send(c) {
                 continue;
             }
             Worker::push_request(&self.opts, &mut self.clients[key], t);
-            self.schedule.push(Reverse((t + self.interval_ns, key)));
+            self.schedule.push(Reverse((t + self.interval_ns, key, id)));
             self.after_io(key);
         }
     }
@@ -585,7 +598,7 @@ impl Worker {
             if !all_open {
                 timeout = Duration::from_millis(if per_thread_rate > 0.0 { 1 } else { 0 });
             }
-            if let Some(&Reverse((t, _))) = self.schedule.peek() {
+            if let Some(&Reverse((t, _, _))) = self.schedule.peek() {
                 // epoll waits in whole milliseconds: closer than that, poll without
                 // waiting, so that requests leave on time (the client core is ours).
                 let wait = t.saturating_sub(now_ns(&self.shared));
@@ -792,6 +805,7 @@ fn run(opts: &Opts) -> Report {
             local: [0; 5],
             first_error: None,
             schedule: BinaryHeap::new(),
+            next_conn_id: 0,
             interval_ns,
             expect: Vec::new(),
         };
