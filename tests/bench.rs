@@ -5,6 +5,7 @@ mod common;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::process::Command;
+use std::sync::{Arc, Mutex};
 
 use common::*;
 use serde_json::Value;
@@ -218,4 +219,173 @@ fn source_ips_are_all_used() {
         let n = seen.iter().filter(|(p, _)| p.to_string() == ip).count();
         assert_eq!(n, 10, "connections from {ip}");
     }
+}
+
+/// Runs reactor-bench with `args` and `--json`; returns the exit code, the report and
+/// what it printed on stderr (where it says why it failed).
+fn bench_stderr(args: &str) -> (Option<i32>, Value, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_reactor-bench"))
+        .args(args.split_whitespace())
+        .arg("--json")
+        .output()
+        .expect("run reactor-bench");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    eprintln!("{err}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{text}");
+    (
+        out.status.code(),
+        serde_json::from_str(&text).expect("JSON report"),
+        err,
+    )
+}
+
+#[test]
+fn fewer_connections_established_than_asked_fails_the_run() {
+    // At 1 connection per second the run (1 s, then 3 s of timeout and 1 s of grace)
+    // ends long before 50 connections are open: every request is answered, nothing
+    // fails, yet most of the connections asked for were never made.
+    let srv = Server::start("--protocol echo");
+    let addr = srv.addr.to_string();
+    let (code, v, err) = bench_stderr(&format!(
+        "--addr {addr} --protocol echo --conns 50 --connect-rate 1 --duration 1 --timeout 3"
+    ));
+    let est = v["conns_established"].as_u64().unwrap();
+    assert!(est > 0 && est < 50, "{v}");
+    assert_eq!(v["conns_failed"], 0);
+    assert_eq!(v["requests_failed"], 0);
+    assert!(v["requests_ok"].as_u64().unwrap() > 0);
+    assert_eq!(code, Some(1), "{err}");
+    let why = format!("only {est} of 50 connections established");
+    assert!(err.contains(&why), "{err}");
+    assert!(v["failures"].to_string().contains(&why), "{v}");
+}
+
+/// An HTTP server that answers the first request on each connection properly and the
+/// second with a Content-Length near usize::MAX, which once made a bench thread panic
+/// (the slice end wrapped around). Later requests get nothing.
+fn huge_length_server() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { break };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                let mut pending = Vec::new();
+                let mut answered = 0;
+                while let Ok(got) = s.read(&mut buf) {
+                    if got == 0 {
+                        return;
+                    }
+                    pending.extend_from_slice(&buf[..got]);
+                    while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                        pending.drain(..end + 4);
+                        answered += 1;
+                        let resp: &[u8] = match answered {
+                            1 => b"HTTP/1.1 200 OK\r\nContent-Length: 13\r\n\r\nHello, World!",
+                            2 => {
+                                b"HTTP/1.1 200 OK\r\nContent-Length: 18446744073709551615\r\n\r\nx"
+                            }
+                            _ => b"",
+                        };
+                        let _ = s.write_all(resp);
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn a_panicking_worker_thread_fails_the_run() {
+    let addr = huge_length_server().to_string();
+    let (code, v, err) = bench_stderr(&format!(
+        "--addr {addr} --protocol http --conns 1 --duration 1 --timeout 1"
+    ));
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("worker thread 0 panicked"), "{err}");
+    assert!(
+        v["failures"]
+            .to_string()
+            .contains("worker thread 0 panicked"),
+        "{v}"
+    );
+}
+
+/// An echo server that closes each of its first `close_first` connections right after
+/// answering its first request, and echoes on the others; it counts the requests
+/// (`size`-byte echo payloads) it gets on each connection, in accept order.
+fn closing_echo_server(close_first: usize, size: usize) -> (SocketAddr, Arc<Mutex<Vec<u64>>>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let counts = Arc::new(Mutex::new(Vec::new()));
+    let sink = counts.clone();
+    std::thread::spawn(move || {
+        for (i, s) in l.incoming().enumerate() {
+            let Ok(mut s) = s else { break };
+            let sink = sink.clone();
+            let slot = {
+                let mut c = sink.lock().unwrap();
+                c.push(0);
+                c.len() - 1
+            };
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 64 * 1024];
+                let mut bytes = 0usize;
+                while let Ok(got) = s.read(&mut buf) {
+                    if got == 0 {
+                        return;
+                    }
+                    bytes += got;
+                    sink.lock().unwrap()[slot] = (bytes / size) as u64;
+                    if s.write_all(&buf[..got]).is_err() {
+                        return;
+                    }
+                    if i < close_first && bytes >= size {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, counts)
+}
+
+#[test]
+fn open_loop_rate_holds_when_a_closed_connections_slot_is_reused() {
+    // The bench opens 6 connections 100 ms apart; each one's share of --rate is
+    // 12/6 = 2 requests/s, one every 500 ms. The server closes the first 3 after one
+    // answer each, so each frees its slot well before its next request is due and the
+    // next connection takes the slot over: the 4th lands in a slot three closed
+    // connections used before it.
+    let (close_first, size) = (3, 16);
+    let (addr, counts) = closing_echo_server(close_first, size);
+    let (_code, v, _err) = bench_stderr(&format!(
+        "--addr {addr} --protocol echo --size {size} --conns 6 --connect-rate 10 \
+         --rate 12 --duration 3 --timeout 1"
+    ));
+    assert_eq!(v["conns_established"], 6, "{v}");
+    let counts = counts.lock().unwrap().clone();
+    eprintln!("requests per connection, in connect order: {counts:?}");
+    assert_eq!(counts.len(), 6);
+    // No connection is sent more than its share allows: 2/s for the 3 s measured, the
+    // first request at once, and half as much again for a late stop on a loaded
+    // machine. A slot that kept the schedule of the connections before it sends at 2x
+    // to 4x its share, well past that.
+    let share = 2.0 * 3.0;
+    let bound = (share * 1.5) as u64 + 2;
+    for (i, &n) in counts.iter().enumerate() {
+        assert!(
+            n <= bound,
+            "connection {i} got {n} requests, its share of the rate allows {bound}: {counts:?}"
+        );
+    }
+    let total: u64 = counts.iter().sum();
+    let live = (counts.len() - close_first) as u64;
+    assert!(
+        total <= live * bound + close_first as u64,
+        "{total} requests in all: {counts:?}"
+    );
 }

@@ -241,31 +241,66 @@ fn dry_run_and_persist() {
     assert_eq!(ns.read("net.ipv4.tcp_fin_timeout"), before);
 }
 
+/// A fresh directory (mode 755) that any user can reach: each directory on its path lets
+/// others through. The checkout may not (a clone under root's mode-700 home), so what
+/// another user must run is copied here. The system temp directory first, else /tmp.
+fn world_dir() -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let reachable = |d: &std::path::Path| {
+        d.ancestors().all(|a| {
+            std::fs::metadata(a).is_ok_and(|m| m.is_dir() && m.permissions().mode() & 0o001 != 0)
+        })
+    };
+    let base = [std::env::temp_dir(), PathBuf::from("/tmp")]
+        .into_iter()
+        .find(|d| reachable(d))
+        .expect("a temp directory other users can traverse");
+    let d = base.join(format!(
+        "reactor-tuning-world-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir(&d).unwrap();
+    std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    d
+}
+
 #[test]
 fn apply_without_root_says_so_and_changes_nothing() {
+    use std::os::unix::fs::PermissionsExt;
     let Some(ns) = Netns::new() else { return };
     if !have("setpriv") {
         return;
     }
-    let state = temp("s");
+    // uid 65534 runs a copy of the script from a directory it can reach, wherever the
+    // checkout is; the state file would go there too.
+    let dir = world_dir();
+    let copy = dir.join("sysctl.sh");
+    std::fs::copy(script("sysctl.sh"), &copy).unwrap();
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let state = dir.join("s");
     let before = ns.read("net.ipv4.tcp_fin_timeout");
-    let o = ns.run(&[
-        "setpriv",
-        "--reuid=65534",
-        "--regid=65534",
-        "--clear-groups",
-        "bash",
-        &script("sysctl.sh"),
-        "apply",
-        "--scope",
-        "net",
-        "--state",
-        state.to_str().unwrap(),
-    ]);
+    let o = Command::new("ip")
+        .args(["netns", "exec", &ns.0])
+        .args([
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+        ])
+        .arg("bash")
+        .arg(&copy)
+        .args(["apply", "--scope", "net", "--state"])
+        .arg(&state)
+        .current_dir(&dir)
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(text(&o).contains("needs root"), "{}", text(&o));
     assert_eq!(ns.read("net.ipv4.tcp_fin_timeout"), before);
     assert!(!state.exists());
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]

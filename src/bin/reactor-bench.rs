@@ -161,6 +161,9 @@ enum St {
 
 struct Client {
     sock: TcpStream,
+    /// This connection's number within its worker: tells its schedule entries from
+    /// those of an earlier connection that had the same slab slot.
+    id: u64,
     st: St,
     wbuf: Vec<u8>,
     rbuf: Vec<u8>,
@@ -190,7 +193,11 @@ struct Worker {
     bytes_measured: u64,
     local: [u64; 5],
     first_error: Option<String>,
-    schedule: BinaryHeap<Reverse<(u64, usize)>>,
+    /// Open loop: (due time, slab slot, connection id). A closed connection's entries
+    /// stay in the heap; its slot may be reused by then, so each entry names the
+    /// connection it was made for and is dropped if the slot now holds another.
+    schedule: BinaryHeap<Reverse<(u64, usize, u64)>>,
+    next_conn_id: u64,
     interval_ns: u64,
     expect: Vec<u8>,
 }
@@ -237,8 +244,11 @@ impl Worker {
             Token(entry.key()),
             Interest::READABLE | Interest::WRITABLE,
         )?;
+        let id = self.next_conn_id;
+        self.next_conn_id += 1;
         entry.insert(Client {
             sock,
+            id,
             st: St::Connecting,
             wbuf: Vec::new(),
             rbuf: Vec::new(),
@@ -426,8 +436,9 @@ impl Worker {
                         // interval, so that the rate is smooth, not bursts.
                         let n = (self.opts.conns / self.opts.threads).max(1) as u64;
                         let jitter = self.interval_ns * (key as u64 % n) / n;
+                        let id = c.id;
                         self.schedule
-                            .push(Reverse((now_ns(&self.shared) + jitter, key)));
+                            .push(Reverse((now_ns(&self.shared) + jitter, key, id)));
                     }
                     self.top_up(key);
                 }
@@ -493,19 +504,21 @@ impl Worker {
     /// Open loop: send every request whose time has come.
     fn send_due(&mut self) {
         let now = now_ns(&self.shared);
-        while let Some(&Reverse((t, key))) = self.schedule.peek() {
+        while let Some(&Reverse((t, key, id))) = self.schedule.peek() {
             if t > now {
                 break;
             }
             self.schedule.pop();
-            let Some(c) = self.clients.get(key) else {
+            // The slot is empty or holds a later connection: this entry's connection
+            // is gone, and so is its schedule.
+            let Some(c) = self.clients.get(key).filter(|c| c.id == id) else {
                 continue;
             };
             if !self.may_send(c) {
                 continue;
             }
             Worker::push_request(&self.opts, &mut self.clients[key], t);
-            self.schedule.push(Reverse((t + self.interval_ns, key)));
+            self.schedule.push(Reverse((t + self.interval_ns, key, id)));
             self.after_io(key);
         }
     }
@@ -585,7 +598,7 @@ impl Worker {
             if !all_open {
                 timeout = Duration::from_millis(if per_thread_rate > 0.0 { 1 } else { 0 });
             }
-            if let Some(&Reverse((t, _))) = self.schedule.peek() {
+            if let Some(&Reverse((t, _, _))) = self.schedule.peek() {
                 // epoll waits in whole milliseconds: closer than that, poll without
                 // waiting, so that requests leave on time (the client core is ours).
                 let wait = t.saturating_sub(now_ns(&self.shared));
@@ -718,6 +731,8 @@ struct Report {
     server_cpu_us_per_request: Option<f64>,
     client_cpu_percent: f64,
     first_error: Option<String>,
+    /// Why the run failed (exit 1); empty if it did not.
+    failures: Vec<String>,
     check_misses: Vec<String>,
 }
 
@@ -745,11 +760,10 @@ fn main() {
     } else {
         print_report(&opts, &report);
     }
-    let failed = report.requests_failed > 0
-        || report.conns_failed > 0
-        || report.conns_closed_by_server > 0
-        || (opts.mode == Mode::Load && report.requests_ok == 0);
-    if failed {
+    if !report.failures.is_empty() {
+        for f in &report.failures {
+            eprintln!("reactor-bench: failed: {f}");
+        }
         std::process::exit(1);
     }
     if !report.check_misses.is_empty() {
@@ -772,7 +786,7 @@ fn run(opts: &Opts) -> Report {
         .rate
         .map_or(0, |r| (1e9 * opts.conns as f64 / r) as u64)
         .max(1);
-    let mut handles = Vec::new();
+    let mut handles: Vec<Option<std::thread::JoinHandle<WorkerResult>>> = Vec::new();
     for id in 0..threads {
         let share = opts.conns / threads + usize::from(id < opts.conns % threads);
         let worker = Worker {
@@ -791,11 +805,20 @@ fn run(opts: &Opts) -> Report {
             local: [0; 5],
             first_error: None,
             schedule: BinaryHeap::new(),
+            next_conn_id: 0,
             interval_ns,
             expect: Vec::new(),
         };
-        handles.push(std::thread::spawn(move || worker.run(share)));
+        let handle = std::thread::Builder::new()
+            .name(format!("worker {id}"))
+            .spawn(move || worker.run(share))
+            .expect("spawn a worker thread");
+        handles.push(Some(handle));
     }
+    // Workers' results, joined as each thread ends; a panicked worker leaves no result
+    // and fails the run.
+    let mut results = Vec::new();
+    let mut panics = Vec::new();
 
     let bar = (!opts.quiet && !opts.json && io::stderr().is_terminal()).then(|| {
         let b = indicatif::ProgressBar::new_spinner();
@@ -811,7 +834,27 @@ fn run(opts: &Opts) -> Report {
     let mut all_open_at: Option<Instant> = None;
     loop {
         std::thread::sleep(Duration::from_millis(50));
-        let finished = handles.iter().all(|h| h.is_finished());
+        for (id, slot) in handles.iter_mut().enumerate() {
+            if slot.as_ref().is_some_and(|h| h.is_finished())
+                && let Some(h) = slot.take()
+            {
+                match h.join() {
+                    Ok(r) => results.push(r),
+                    Err(payload) => {
+                        let msg = payload
+                            .downcast_ref::<&str>()
+                            .map(|s| s.to_string())
+                            .or_else(|| payload.downcast_ref::<String>().cloned())
+                            .unwrap_or_else(|| "(no message)".into());
+                        panics.push(format!("worker thread {id} panicked: {msg}"));
+                        // Its connections and counts are lost: the run has failed, so
+                        // stop the others now rather than wait for them.
+                        shared.stop.store(true, Ordering::Relaxed);
+                    }
+                }
+            }
+        }
+        let finished = handles.iter().all(|h| h.is_none());
         let est = shared.sum(|p| &p.established);
         let cfail = shared.sum(|p| &p.conn_failed);
         if let Some(pid) = opts.server_pid
@@ -883,8 +926,7 @@ fn run(opts: &Opts) -> Report {
     let mut bytes_measured = 0;
     let mut first_error = None;
     let mut closed_by_server = 0;
-    for h in handles {
-        let r = h.join().unwrap_or_default();
+    for r in results {
         if let Some(wh) = &r.hist {
             let _ = hist.add(wh);
         }
@@ -935,15 +977,48 @@ fn run(opts: &Opts) -> Report {
         },
         client_cpu_percent: client_cpu / seconds * 100.0,
         first_error,
+        failures: Vec::new(),
         check_misses: Vec::new(),
     };
     if opts.mode == Mode::Idle {
         report.requests_per_sec = 0.0;
     }
+    report.failures = failures(opts, &report, panics);
     if opts.check {
         report.check_misses = check(&report);
     }
     report
+}
+
+/// Why the run failed, if it did: each reason makes the exit status 1.
+fn failures(opts: &Opts, r: &Report, panics: Vec<String>) -> Vec<String> {
+    let mut why = panics;
+    let asked = opts.conns as u64;
+    if r.conns_established < asked {
+        why.push(format!(
+            "only {} of {asked} connections established ({} failed to connect, {} not \
+             connected when the run ended)",
+            r.conns_established,
+            r.conns_failed,
+            asked.saturating_sub(r.conns_established + r.conns_failed)
+        ));
+    }
+    if r.conns_failed > 0 {
+        why.push(format!("{} connections failed", r.conns_failed));
+    }
+    if r.conns_closed_by_server > 0 {
+        why.push(format!(
+            "{} connections closed by the server",
+            r.conns_closed_by_server
+        ));
+    }
+    if r.requests_failed > 0 {
+        why.push(format!("{} requests failed", r.requests_failed));
+    }
+    if opts.mode == Mode::Load && r.requests_ok == 0 {
+        why.push("no request was answered".into());
+    }
+    why
 }
 
 fn check(r: &Report) -> Vec<String> {
@@ -1036,6 +1111,9 @@ fn print_report(opts: &Opts, r: &Report) {
     );
     if let Some(e) = &r.first_error {
         println!("first error: {e}");
+    }
+    for f in &r.failures {
+        println!("failed:      {f}");
     }
     if opts.check {
         if r.check_misses.is_empty() {
