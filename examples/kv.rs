@@ -143,7 +143,10 @@ mod tests {
         );
         // Another connection (maybe another shard) sees the same store.
         assert_eq!(
-            talk(b"GET greeting\nDEL greeting\nDEL greeting\nGET greeting\n", 4),
+            talk(
+                b"GET greeting\nDEL greeting\nDEL greeting\nGET greeting\n",
+                4
+            ),
             ["hello world\n", "1\n", "0\n", "(nil)\n"]
         );
         assert!(talk(b"FLY away\n", 1)[0].starts_with("ERR unknown command"));
