@@ -96,9 +96,19 @@ pub struct Config {
     #[arg(long, default_value_t = 1024)]
     pub pool_buffers: usize,
 
-    /// Log a line of counters every this often (0 = only at exit).
-    #[arg(long, default_value = "0", value_parser = parse_duration)]
+    /// Log a line of counters and rates every this often (0 = only at exit).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub stats_interval: Duration,
+
+    /// Serve GET /metrics (Prometheus) and GET /health on this address (off unless
+    /// given), from a loop of its own.
+    #[arg(long)]
+    pub metrics_addr: Option<SocketAddr>,
+
+    /// Most connections from one client address at once; past it new connections from
+    /// that address are closed at once and counted as rejected (0 = no limit).
+    #[arg(long, default_value_t = 0)]
+    pub max_connections_per_ip: usize,
 
     /// Worker threads for handlers that may block, started up front (0 = no pool: every
     /// answer is computed on the loop).

@@ -51,6 +51,8 @@ pub(crate) struct Settings {
     pub pool_buffers: usize,
     /// Jobs in flight per connection before it is read no more.
     pub max_inflight: usize,
+    /// Most connections per client address (0 = no limit).
+    pub max_per_ip: usize,
 }
 
 /// Why a connection was closed.
@@ -285,8 +287,21 @@ impl<H: Handler> ConnIo<H> {
                 d
             }
         };
+        let jobs = self.calls.len() as u64;
         if H::POOLED && self.offload.is_some() {
             self.hand_over(conn, key, out_start, reserved);
+        }
+        let inline = (d.requests as u64).saturating_sub(jobs);
+        if inline > 0 {
+            // The first answer waited since its request's first byte; the others
+            // completed in this read.
+            let first = if was_in_request {
+                self.now.saturating_sub(conn.request_start)
+            } else {
+                0
+            };
+            self.stats.record_latency(first, 1);
+            self.stats.record_latency(0, inline - 1);
         }
         if conn.output.as_ref().is_some_and(|b| b.is_empty())
             && let Some(b) = conn.output.take()
@@ -405,6 +420,8 @@ impl<H: Handler> ConnIo<H> {
             self.stats.jobs_dropped += 1;
             return false;
         };
+        self.stats
+            .record_latency(self.now.saturating_sub(slot.since), 1);
         let cx = Cx::new(&self.clock);
         let encode = |out: &mut BytesMut| match c.result {
             Ok(answer) => self.handler.encode(answer, out, &cx),
@@ -442,7 +459,9 @@ impl<H: Handler> ConnIo<H> {
         let cx = Cx::new(&self.clock);
         let pool = &mut self.pool;
         let handler = &self.handler;
-        let n = jobs.expire(self.now.saturating_sub(limit), || {
+        let (stats, now) = (&mut self.stats, self.now);
+        let n = jobs.expire(now.saturating_sub(limit), |since| {
+            stats.record_latency(now.saturating_sub(since), 1);
             let mut b = pool.get();
             handler.encode_failure(Failure::TimedOut, &mut b, &cx);
             b

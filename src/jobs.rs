@@ -125,9 +125,9 @@ impl Jobs {
     pub fn take_pending(&mut self, seq: u32) -> Option<SlotRef> {
         let i = seq.wrapping_sub(self.head) as usize;
         match self.slots.get(i) {
-            Some(Slot::Pending { .. }) => {
+            Some(Slot::Pending { since }) => {
                 self.pending -= 1;
-                Some(SlotRef { i })
+                Some(SlotRef { i, since: *since })
             }
             _ => None,
         }
@@ -171,12 +171,12 @@ impl Jobs {
 
     /// Pending slots handed over at or before `cutoff`: they are given up on, and
     /// `answer` fills each (the handler timeout). Returns how many.
-    pub fn expire(&mut self, cutoff: u64, mut answer: impl FnMut() -> BytesMut) -> usize {
+    pub fn expire(&mut self, cutoff: u64, mut answer: impl FnMut(u64) -> BytesMut) -> usize {
         let mut n = 0;
         for s in self.slots.iter_mut() {
             match s {
                 Slot::Pending { since } if *since <= cutoff => {
-                    *s = Slot::Ready(answer());
+                    *s = Slot::Ready(answer(*since));
                     n += 1;
                 }
                 // Handed over in order, so the rest are younger.
@@ -200,6 +200,8 @@ impl Jobs {
 /// A pending slot just completed (see [`Jobs::take_pending`]).
 pub struct SlotRef {
     i: usize,
+    /// When its job was handed over (ms).
+    pub since: u64,
 }
 
 #[cfg(test)]
@@ -240,7 +242,7 @@ mod tests {
         let s1 = j.push_pending(20);
         let s2 = j.push_pending(30);
         assert_eq!(j.oldest_pending(), Some(10));
-        assert_eq!(j.expire(20, || b("late")), 2);
+        assert_eq!(j.expire(20, |_| b("late")), 2);
         assert_eq!(j.oldest_pending(), Some(30));
         assert!(j.take_pending(s0).is_none());
         assert!(j.take_pending(s1).is_none());

@@ -24,6 +24,8 @@
 //! - [`listener`]: socket options and the open-files limit.
 //! - [`config`]: every setting and its default.
 //! - [`stats`]: the counters.
+//! - `metrics` (private): `/metrics` (Prometheus) and `/health`, served by a shard of
+//!   their own.
 //!
 //! # Examples
 //!
@@ -49,6 +51,7 @@ mod conn;
 mod conn_io;
 mod jobs;
 pub mod listener;
+mod metrics;
 pub mod protocol;
 mod reactor;
 pub mod server;

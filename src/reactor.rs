@@ -26,7 +26,9 @@
 //! results, which can arrive long after, carry a generation instead (see
 //! [`jobs`](crate::jobs)).
 
+use std::collections::HashMap;
 use std::io;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -69,6 +71,8 @@ pub(crate) struct Shard<H: Handler> {
     done: Vec<Completion<H::Response>>,
     touched: Vec<usize>,
     drain_deadline: Option<u64>,
+    /// The client address of each connection, kept only under --max-connections-per-ip.
+    ips: HashMap<usize, IpAddr>,
     published: Counters,
     next_publish: u64,
 }
@@ -102,6 +106,7 @@ impl<H: Handler> Shard<H> {
             done: Vec::new(),
             touched: Vec::new(),
             drain_deadline: None,
+            ips: HashMap::new(),
             published: Counters::default(),
             next_publish: 0,
         })
@@ -186,19 +191,41 @@ impl<H: Handler> Shard<H> {
         {
             Ok(()) => self.io.arm(conn, key),
             Err(why) => {
-                let conn = self.conns.remove(key);
-                self.io.close(conn, why);
+                self.close(key, why);
             }
+        }
+    }
+
+    fn close(&mut self, key: usize, why: Close) {
+        let conn = self.conns.remove(key);
+        self.io.close(conn, why);
+        if let Some(ip) = self.ips.remove(&key) {
+            release_ip(&self.shared, ip);
         }
     }
 
     fn accept(&mut self) {
         let (conns, io, reg) = (&mut self.conns, &mut self.io, self.poll.registry());
+        let (ips, shared) = (&mut self.ips, &self.shared);
         let shard = self.id;
         let open = conns.len();
         self.acceptor.accept(io.now, open, |mut sock| {
             if conns.len() >= io.set.max_conns {
                 return Admit::Reject;
+            }
+            let mut ip = None;
+            if io.set.max_per_ip > 0 {
+                let Ok(peer) = sock.peer_addr() else {
+                    return Admit::Reject;
+                };
+                let mut per_ip = shared.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+                let n = per_ip.entry(peer.ip()).or_insert(0);
+                if *n >= io.set.max_per_ip {
+                    io.stats.rejected_per_ip += 1;
+                    return Admit::Reject;
+                }
+                *n += 1;
+                ip = Some(peer.ip());
             }
             if let Err(e) = configure_accepted(&sock, io.set.keepalive) {
                 debug!("socket options on an accepted connection: {e}");
@@ -207,10 +234,16 @@ impl<H: Handler> Shard<H> {
             let key = entry.key();
             if let Err(e) = reg.register(&mut sock, Token(key), Interest::READABLE) {
                 warn!("shard {shard}: registering a connection failed: {e}");
+                if let Some(ip) = ip {
+                    release_ip(shared, ip);
+                }
                 return Admit::Keep;
             }
             let conn = entry.insert(Conn::new(sock, io.now));
             io.stats.accepted += 1;
+            if let Some(ip) = ip {
+                ips.insert(key, ip);
+            }
             io.arm(conn, key);
             Admit::Keep
         });
@@ -278,8 +311,7 @@ impl<H: Handler> Shard<H> {
                     continue;
                 }
             };
-            let conn = self.conns.remove(key);
-            self.io.close(conn, why);
+            self.close(key, why);
         }
         self.fired = fired;
     }
@@ -299,8 +331,7 @@ impl<H: Handler> Shard<H> {
                     .get(key)
                     .is_some_and(|c| c.stage == Stage::Lingering)
                 {
-                    let conn = self.conns.remove(key);
-                    self.io.close(conn, Close::Normal);
+                    self.close(key, Close::Normal);
                 } else {
                     self.drive(key);
                 }
@@ -325,8 +356,9 @@ impl<H: Handler> Shard<H> {
                  ({jobs} jobs still queued or running)",
                 self.id
             );
-            for conn in self.conns.drain().collect::<Vec<_>>() {
-                self.io.close(conn, Close::Cut);
+            let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+            for key in keys {
+                self.close(key, Close::Cut);
             }
         }
     }
@@ -335,6 +367,7 @@ impl<H: Handler> Shard<H> {
         Counters {
             open: self.conns.len() as u64,
             buffers_lent: self.io.pool.lent() as u64,
+            buffers_pooled: self.io.pool.idle() as u64,
             rejected: self.acceptor.rejected,
             accept_fd_errors: self.acceptor.fd_errors,
             ..self.io.stats
@@ -355,6 +388,17 @@ impl<H: Handler> Shard<H> {
             if let Ok(mut s) = self.shared.stats[self.id].lock() {
                 *s = counters;
             }
+        }
+    }
+}
+
+/// A connection from `ip` under --max-connections-per-ip has gone.
+fn release_ip(shared: &Shared, ip: IpAddr) {
+    let mut per_ip = shared.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(n) = per_ip.get_mut(&ip) {
+        *n -= 1;
+        if *n == 0 {
+            per_ip.remove(&ip);
         }
     }
 }

@@ -16,6 +16,7 @@ use signal_hook_mio::v1_0::Signals;
 use crate::config::{Config, ProtocolKind};
 use crate::conn::Timeouts;
 use crate::listener::{bind, raise_nofile_limit};
+use crate::metrics::{Admin, Sources};
 use crate::protocol::json::JsonCodec;
 use crate::protocol::{Echo, Http, HttpCodec, Json};
 use crate::reactor::{Settings, Shard, WAKER};
@@ -36,6 +37,8 @@ pub struct Server {
     wakers: Vec<Arc<Waker>>,
     threads: Vec<JoinHandle<io::Result<Counters>>>,
     pool: Option<Pool>,
+    /// The /metrics and /health endpoint, a server of its own.
+    admin: Option<Box<Server>>,
 }
 
 fn ms(d: Duration) -> Option<u64> {
@@ -60,14 +63,14 @@ impl Server {
             max_message: cfg.max_message,
         };
         match (cfg.protocol, cfg.work) {
-            (ProtocolKind::Echo, None) => Server::start_with(cfg, Echo),
-            (ProtocolKind::Http, None) => Server::start_with(cfg, http),
-            (ProtocolKind::Json, None) => Server::start_with(cfg, json),
+            (ProtocolKind::Echo, None) => Server::start_labeled(cfg, Echo, "echo"),
+            (ProtocolKind::Http, None) => Server::start_labeled(cfg, http, "http"),
+            (ProtocolKind::Json, None) => Server::start_labeled(cfg, json, "json"),
             (ProtocolKind::Http, Some(work)) => {
-                Server::start_with(cfg, Pooled::new(HttpCodec(http), work))
+                Server::start_labeled(cfg, Pooled::new(HttpCodec(http), work), "http")
             }
             (ProtocolKind::Json, Some(work)) => {
-                Server::start_with(cfg, Pooled::new(JsonCodec(json), work))
+                Server::start_labeled(cfg, Pooled::new(JsonCodec(json), work), "json")
             }
             (ProtocolKind::Echo, Some(_)) => Err(invalid(
                 "--work applies to the json and http protocols, not echo".into(),
@@ -80,6 +83,52 @@ impl Server {
     /// [`Pooled`] codec and service whose calls run on the worker pool (which then
     /// needs `cfg.workers > 0`).
     pub fn start_with<H: Handler>(cfg: &Config, handler: H) -> io::Result<Server> {
+        Server::start_labeled(cfg, handler, "custom")
+    }
+
+    /// `protocol` labels the request counters in /metrics.
+    fn start_labeled<H: Handler>(
+        cfg: &Config,
+        handler: H,
+        protocol: &'static str,
+    ) -> io::Result<Server> {
+        let mut server = Server::start_inner(cfg, handler, "reactor")?;
+        if let Some(addr) = cfg.metrics_addr {
+            let admin_cfg = Config {
+                addr,
+                threads: 1,
+                max_connections: 64,
+                idle_timeout: Duration::from_secs(30),
+                read_timeout: Duration::from_secs(5),
+                write_timeout: Duration::from_secs(5),
+                stats_interval: Duration::ZERO,
+                workers: 0,
+                work: None,
+                metrics_addr: None,
+                max_connections_per_ip: 0,
+                ..Config::default()
+            };
+            let admin = Admin::new(Sources {
+                shared: server.shared.clone(),
+                pool: server.pool.clone(),
+                protocol,
+            });
+            let admin = Server::start_inner(&admin_cfg, admin, "admin")?;
+            info!(
+                "metrics on http://{}/metrics, health on /health",
+                admin.addr
+            );
+            server.admin = Some(Box::new(admin));
+        }
+        Ok(server)
+    }
+
+    /// The address of the /metrics and /health endpoint, if one was asked for.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(|a| a.addr)
+    }
+
+    fn start_inner<H: Handler>(cfg: &Config, handler: H, name: &str) -> io::Result<Server> {
         let threads = match cfg.threads {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
@@ -136,6 +185,7 @@ impl Server {
             drain_ms: cfg.drain_timeout.as_millis() as u64,
             pool_buffers: cfg.pool_buffers,
             max_inflight: cfg.max_inflight.max(1),
+            max_per_ip: cfg.max_connections_per_ip,
         };
         let shared = Arc::new(Shared::new(threads));
         // Bind every listener before starting any thread; with port 0 the first bind
@@ -159,8 +209,13 @@ impl Server {
             }
             None => String::new(),
         };
+        let what = if name == "admin" {
+            "admin endpoint bound to".to_string()
+        } else {
+            format!("{name} listening on")
+        };
         info!(
-            "reactor listening on {addr}: protocol={:?} threads={threads} \
+            "{what} {addr}: protocol={:?} threads={threads} \
              max_connections={max_conns} idle_timeout={:?} read_timeout={:?} \
              write_timeout={:?} high_water={} delay_ms={} open_files={soft} (hard {hard}){workers}",
             cfg.protocol,
@@ -177,6 +232,7 @@ impl Server {
             wakers: Vec::with_capacity(threads),
             threads: Vec::with_capacity(threads),
             pool: pool.clone(),
+            admin: None,
         };
         for (id, (poll, listener, waker)) in parts.into_iter().enumerate() {
             let started = Shard::new(
@@ -271,6 +327,10 @@ impl Server {
             p.shutdown(POOL_STOP_WAIT);
         }
         self.add_pool_stats(&mut sum);
+        if let Some(admin) = self.admin.take() {
+            admin.shutdown();
+            let _ = admin.join();
+        }
         match failed {
             Some(e) => Err(e),
             None => Ok(sum),

@@ -2,6 +2,8 @@
 //! counters. A leaf module, so that the server can depend on the shards and the shards
 //! on this, with no cycle.
 
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Mutex;
 use std::sync::atomic::AtomicBool;
 
@@ -17,6 +19,9 @@ pub(crate) struct Shared {
     /// Set on the second: cut what is still open.
     pub force: AtomicBool,
     pub stats: Vec<StatsCell>,
+    /// Connections open per client address, under --max-connections-per-ip (touched
+    /// on accept and close only, never per request).
+    pub per_ip: Mutex<HashMap<IpAddr, usize>>,
 }
 
 impl Shared {
@@ -27,6 +32,7 @@ impl Shared {
             stats: (0..shards)
                 .map(|_| Mutex::new(Counters::default()))
                 .collect(),
+            per_ip: Mutex::new(HashMap::new()),
         }
     }
 }

@@ -5,12 +5,23 @@
 use std::fmt;
 use std::ops::AddAssign;
 
+/// Upper bounds of the request latency histogram's buckets, in microseconds (a last
+/// bucket takes the rest).
+pub const LATENCY_BOUNDS_US: [u64; 14] = [
+    1_000, 2_000, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000,
+    5_000_000, 10_000_000, 30_000_000,
+];
+const LATENCY_BUCKETS: usize = LATENCY_BOUNDS_US.len() + 1;
+
 /// What one reactor (or, summed, the server) has counted since start.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counters {
     pub accepted: u64,
-    /// Closed at once because --max-connections was reached.
+    /// Closed at once because --max-connections (or --max-connections-per-ip) was
+    /// reached, or by the spare descriptor when descriptors ran out.
     pub rejected: u64,
+    /// Of those, because the client's address had --max-connections-per-ip open.
+    pub rejected_per_ip: u64,
     /// Accepts that failed for lack of file descriptors (EMFILE/ENFILE).
     pub accept_fd_errors: u64,
     pub closed: u64,
@@ -31,6 +42,11 @@ pub struct Counters {
     pub open: u64,
     /// Pool buffers lent out now.
     pub buffers_lent: u64,
+    /// Idle buffers kept by the pools now.
+    pub buffers_pooled: u64,
+    /// Requests by server-side latency (see [`LATENCY_BOUNDS_US`]), and the sum in us.
+    pub latency: [u64; LATENCY_BUCKETS],
+    pub latency_sum_us: u64,
     /// Requests handed to the worker pool.
     pub jobs: u64,
     /// Job results dropped: their connection had closed, or the handler timeout had
@@ -51,10 +67,22 @@ pub struct Counters {
     pub workers_retired: u64,
 }
 
+impl Counters {
+    /// Counts `n` requests answered `ms` milliseconds after their first byte.
+    #[inline]
+    pub fn record_latency(&mut self, ms: u64, n: u64) {
+        let us = ms.saturating_mul(1000);
+        let i = LATENCY_BOUNDS_US.partition_point(|&b| b < us);
+        self.latency[i] += n;
+        self.latency_sum_us += us * n;
+    }
+}
+
 impl AddAssign for Counters {
     fn add_assign(&mut self, o: Counters) {
         self.accepted += o.accepted;
         self.rejected += o.rejected;
+        self.rejected_per_ip += o.rejected_per_ip;
         self.accept_fd_errors += o.accept_fd_errors;
         self.closed += o.closed;
         self.idle_timeouts += o.idle_timeouts;
@@ -68,6 +96,11 @@ impl AddAssign for Counters {
         self.cut_at_shutdown += o.cut_at_shutdown;
         self.open += o.open;
         self.buffers_lent += o.buffers_lent;
+        self.buffers_pooled += o.buffers_pooled;
+        for (a, b) in self.latency.iter_mut().zip(o.latency) {
+            *a += b;
+        }
+        self.latency_sum_us += o.latency_sum_us;
         self.jobs += o.jobs;
         self.jobs_dropped += o.jobs_dropped;
         self.handler_panics += o.handler_panics;
@@ -87,7 +120,8 @@ impl fmt::Display for Counters {
             f,
             "open={} accepted={} rejected={} closed={} requests={} bad_requests={} \
              idle_timeouts={} read_timeouts={} write_timeouts={} io_errors={} \
-             accept_fd_errors={} bytes_in={} bytes_out={} buffers_lent={} cut_at_shutdown={}",
+             accept_fd_errors={} bytes_in={} bytes_out={} buffers_lent={} cut_at_shutdown={} \
+             rejected_per_ip={}",
             self.open,
             self.accepted,
             self.rejected,
@@ -103,6 +137,7 @@ impl fmt::Display for Counters {
             self.bytes_out,
             self.buffers_lent,
             self.cut_at_shutdown,
+            self.rejected_per_ip,
         )?;
         if self.jobs > 0 || self.workers > 0 {
             write!(
