@@ -150,7 +150,7 @@ impl<H: Handler> ConnIo<H> {
         read_to_block: bool,
     ) -> Result<(), Close> {
         if conn.stage == Stage::Lingering {
-            return self.linger(conn);
+            return self.linger(conn, key);
         }
         self.flush(reg, conn, key)?;
         let mut budget = READ_BUDGET;
@@ -210,7 +210,7 @@ impl<H: Handler> ConnIo<H> {
             let _ = conn.sock.shutdown(std::net::Shutdown::Write);
             conn.stage = Stage::Lingering;
             conn.write_since = self.now;
-            return self.linger(conn);
+            return self.linger(conn, key);
         }
         if conn.has(PEER_EOF)
             && conn.output.is_none()
@@ -528,12 +528,22 @@ impl<H: Handler> ConnIo<H> {
         Ok(())
     }
 
-    /// Lingering close: discard whatever the peer still sends until it closes.
-    fn linger(&mut self, conn: &mut Conn<H::State>) -> Result<(), Close> {
+    /// Lingering close: discard whatever the peer still sends until it closes. Bounded
+    /// like any read: a peer that keeps sending gets the read budget per turn, and the
+    /// linger deadline ends it.
+    fn linger(&mut self, conn: &mut Conn<H::State>, key: usize) -> Result<(), Close> {
+        let mut budget = READ_BUDGET;
         loop {
+            if budget == 0 {
+                self.requeue.push(key);
+                return Ok(());
+            }
             match conn.sock.read(&mut self.scratch) {
                 Ok(0) => return Err(Close::Normal),
-                Ok(n) => self.stats.bytes_in += n as u64,
+                Ok(n) => {
+                    budget = budget.saturating_sub(n);
+                    self.stats.bytes_in += n as u64;
+                }
                 Err(e) if would_block(&e) => return Ok(()),
                 Err(e) if interrupted(&e) => {}
                 Err(_) => return Err(Close::Normal),

@@ -382,6 +382,7 @@ fn serve(cfg: &Config, start: impl FnOnce() -> io::Result<Server>) -> io::Result
         cfg.stats_interval.min(Duration::from_millis(200))
     };
     let mut last_line = std::time::Instant::now();
+    let mut last = Counters::default();
     while !server.is_finished() {
         if let Err(e) = poll.poll(&mut events, Some(tick))
             && e.kind() != io::ErrorKind::Interrupted
@@ -393,8 +394,18 @@ fn serve(cfg: &Config, start: impl FnOnce() -> io::Result<Server>) -> io::Result
             server.shutdown();
         }
         if !cfg.stats_interval.is_zero() && last_line.elapsed() >= cfg.stats_interval {
+            let secs = last_line.elapsed().as_secs_f64();
             last_line = std::time::Instant::now();
-            info!("stats {}", server.stats());
+            let now = server.stats();
+            let rate = |a: u64, b: u64| a.saturating_sub(b) as f64 / secs;
+            info!(
+                "stats requests/s={:.0} bytes_in/s={:.0} bytes_out/s={:.0} accepted/s={:.0} {now}",
+                rate(now.requests, last.requests),
+                rate(now.bytes_in, last.bytes_in),
+                rate(now.bytes_out, last.bytes_out),
+                rate(now.accepted, last.accepted),
+            );
+            last = now;
         }
     }
     let total = server.join()?;
