@@ -180,6 +180,56 @@ impl Drop for Server {
     }
 }
 
+/// Starts a server in this process, with the binary's command-line `args` (on
+/// 127.0.0.1:0 and one thread unless they say otherwise): for tests that need no signal,
+/// no limit of their own and no log line. `local_addr()`, `stats()` and
+/// `metrics_addr()` stand in for reading the log.
+pub fn in_process(args: &str) -> reactor::Server {
+    use clap::Parser;
+    let args: Vec<&str> = args.split_whitespace().collect();
+    let mut all = vec!["reactor"];
+    if !args.contains(&"--addr") {
+        all.extend(["--addr", "127.0.0.1:0"]);
+    }
+    if !args.contains(&"--threads") {
+        all.extend(["--threads", "1"]);
+    }
+    all.extend(&args);
+    let cfg = reactor::Config::try_parse_from(all).expect("valid arguments");
+    reactor::Server::start(&cfg).expect("server starts")
+}
+
+/// Waits (up to [`DEADLINE`]) for the in-process server's counters to satisfy `pred`.
+pub fn wait_stats(
+    srv: &reactor::Server,
+    pred: impl Fn(&reactor::stats::Counters) -> bool,
+) -> reactor::stats::Counters {
+    let end = Instant::now() + DEADLINE;
+    loop {
+        let c = srv.stats();
+        if pred(&c) {
+            return c;
+        }
+        assert!(Instant::now() < end, "counters never got there: {c}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// `GET path` over a fresh connection with `Connection: close`; returns the status
+/// and the body.
+pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut c = connect(addr);
+    send(
+        &mut c,
+        format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").as_bytes(),
+    );
+    let resp = read_response(&mut std::io::BufReader::new(c));
+    (
+        resp.status,
+        String::from_utf8_lossy(&resp.body).into_owned(),
+    )
+}
+
 /// Parses `key=value` counters out of a log line.
 pub fn counters(line: &str) -> HashMap<String, u64> {
     line.split_whitespace()
