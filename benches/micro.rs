@@ -120,5 +120,18 @@ fn decoders(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, timer, buffer, decoders);
+/// What the latency histogram costs per request: one bucket search and two adds.
+fn latency(c: &mut Criterion) {
+    let mut counters = reactor::stats::Counters::default();
+    let mut ms = 0u64;
+    c.bench_function("latency histogram: record one request", |b| {
+        b.iter(|| {
+            ms = (ms + 7) % 3000;
+            counters.record_latency(std::hint::black_box(ms), 1);
+        })
+    });
+    std::hint::black_box(counters);
+}
+
+criterion_group!(benches, timer, buffer, decoders, latency);
 criterion_main!(benches);
