@@ -113,7 +113,19 @@ impl Server {
                 pool: server.pool.clone(),
                 protocol,
             });
-            let admin = Server::start_inner(&admin_cfg, admin, "admin")?;
+            let admin = match Server::start_inner(&admin_cfg, admin, "admin") {
+                Ok(a) => a,
+                Err(e) => {
+                    // Leave nothing of the server running behind the error.
+                    server.shared.force.store(true, Ordering::Release);
+                    server.shutdown();
+                    let _ = server.join();
+                    return Err(io::Error::new(
+                        e.kind(),
+                        format!("--metrics-addr {addr}: {e}"),
+                    ));
+                }
+            };
             info!(
                 "metrics on http://{}/metrics, health on /health",
                 admin.addr
@@ -234,8 +246,11 @@ impl Server {
             pool: pool.clone(),
             admin: None,
         };
+        // Everything that can fail is done before the first thread starts: binding,
+        // polls, wakers, and each shard's registration.
+        let mut shards = Vec::with_capacity(threads);
         for (id, (poll, listener, waker)) in parts.into_iter().enumerate() {
-            let started = Shard::new(
+            let shard = Shard::new(
                 id,
                 poll,
                 listener,
@@ -243,13 +258,14 @@ impl Server {
                 set.clone(),
                 shared.clone(),
                 pool.clone().map(|p| (p, waker.clone())),
-            )
-            .and_then(|shard| {
-                std::thread::Builder::new()
-                    .name(format!("reactor-{id}"))
-                    .spawn(move || shard.run())
-            });
-            match started {
+            )?;
+            shards.push((id, shard, waker));
+        }
+        for (id, shard, waker) in shards {
+            let spawned = std::thread::Builder::new()
+                .name(format!("reactor-{id}"))
+                .spawn(move || shard.run());
+            match spawned {
                 Ok(handle) => {
                     server.wakers.push(waker);
                     server.threads.push(handle);
@@ -342,6 +358,9 @@ impl Server {
 /// worker pool told to stop (its threads exit after their current job).
 impl Drop for Server {
     fn drop(&mut self) {
+        if let Some(p) = &self.pool {
+            p.shutdown(Duration::ZERO);
+        }
         if self.threads.is_empty() {
             return;
         }
@@ -349,9 +368,6 @@ impl Drop for Server {
         self.shared.force.store(true, Ordering::Release);
         for w in &self.wakers {
             let _ = w.wake();
-        }
-        if let Some(p) = &self.pool {
-            p.shutdown(Duration::ZERO);
         }
     }
 }

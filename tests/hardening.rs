@@ -156,3 +156,31 @@ fn one_address_cannot_take_every_slot() {
     std::io::Read::read_exact(&mut again, &mut b).unwrap();
     assert_eq!(&b, b"z");
 }
+
+#[test]
+fn a_server_that_fails_to_start_leaves_nothing_serving() {
+    // The metrics address is taken (a listener without SO_REUSEPORT), so the admin
+    // endpoint cannot bind after the serving shards have started: those must stop.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let cfg = <reactor::Config as clap::Parser>::parse_from([
+        "reactor",
+        "--addr",
+        &format!("127.0.0.1:{port}"),
+        "--threads",
+        "2",
+        "--metrics-addr",
+        &taken.local_addr().unwrap().to_string(),
+    ]);
+    let err = reactor::Server::start(&cfg).err().expect("the start fails");
+    assert!(err.to_string().contains("--metrics-addr"), "{err}");
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    assert!(
+        TcpStream::connect(addr).is_err(),
+        "a shard of the failed server still accepts on its port"
+    );
+}
