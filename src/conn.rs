@@ -128,6 +128,12 @@ impl<S> Conn<S> {
         self.output.as_ref().map_or(0, |b| b.len())
     }
 
+    /// Bytes owed to the peer: unsent output and answers waiting for their turn. The
+    /// high-water mark applies to this.
+    pub fn backlog(&self) -> usize {
+        self.out_len() + self.jobs.as_ref().map_or(0, |j| j.held())
+    }
+
     /// Jobs handed to the pool and not yet answered.
     pub fn jobs_pending(&self) -> usize {
         self.jobs.as_ref().map_or(0, |j| j.pending())

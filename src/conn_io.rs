@@ -74,7 +74,7 @@ pub(crate) struct Offload<H: Handler> {
     pub tasks: Vec<Task>,
     /// Connections that stopped reading because the pool's queue was full.
     pub room_stalled: Vec<usize>,
-    next_generation: u32,
+    next_generation: u64,
 }
 
 impl<H: Handler> Offload<H> {
@@ -158,11 +158,12 @@ impl<H: Handler> ConnIo<H> {
             if conn.held_until != 0 || conn.stage != Stage::Serving {
                 break;
             }
-            if conn.out_len() >= self.set.high_water {
-                // Backpressure: read no more until the output is below the mark. Try a
-                // write first; only if the peer is not taking it do we wait for WRITABLE.
+            if conn.backlog() >= self.set.high_water {
+                // Backpressure: read no more until the output (and answers waiting for
+                // their turn) is below the mark. Try a write first; only if the peer is
+                // not taking it do we wait for WRITABLE.
                 self.flush(reg, conn, key)?;
-                if conn.out_len() >= self.set.high_water {
+                if conn.backlog() >= self.set.high_water {
                     break;
                 }
             }
@@ -253,15 +254,35 @@ impl<H: Handler> ConnIo<H> {
     /// Hands `n` new bytes from the scratch buffer (or, with `n == 0`, what is already
     /// buffered) to the decoder.
     fn feed(&mut self, conn: &mut Conn<H::State>, key: usize, n: usize) {
-        let reserved = match self.offload.as_ref() {
-            Some(off) if H::POOLED => off
-                .pool
-                .try_reserve(self.set.max_inflight.saturating_sub(conn.jobs_pending())),
+        let reserved = match self.offload.as_mut() {
+            Some(off) if H::POOLED => {
+                let want = self.set.max_inflight.saturating_sub(conn.jobs_pending());
+                let got = off.pool.try_reserve(want);
+                if got == 0 {
+                    // No room after all (another shard took the last place): keep the
+                    // bytes and wait for room, as if the check before the read had
+                    // said so.
+                    if n > 0 {
+                        conn.input
+                            .get_or_insert_with(|| self.pool.get())
+                            .extend_from_slice(&self.scratch[..n]);
+                    }
+                    conn.set(DECODE_PENDING, conn.input.is_some());
+                    off.pool.wake_on_room(off.inbox.waker());
+                    off.room_stalled.push(key);
+                    self.stats.stalls += 1;
+                    return;
+                }
+                got
+            }
             _ => usize::MAX,
         };
         let cx = Cx {
             clock: &self.clock,
-            out_limit: self.set.high_water,
+            out_limit: self
+                .set
+                .high_water
+                .saturating_sub(conn.jobs.as_ref().map_or(0, |j| j.held())),
             max_requests: if self.set.delay_ms > 0 { 1 } else { reserved },
         };
         let was_in_request = conn.has(IN_REQUEST);
@@ -352,6 +373,10 @@ impl<H: Handler> ConnIo<H> {
             return;
         };
         let used = self.calls.len();
+        if used > reserved {
+            // A codec that handed over more than its limit: count them all.
+            off.pool.force_reserve(used - reserved);
+        }
         off.pool.release(reserved.saturating_sub(used));
         if used == 0 && conn.jobs.is_none() {
             return;
@@ -370,7 +395,7 @@ impl<H: Handler> ConnIo<H> {
         let mut done = 0;
         for (at, request) in self.calls.drain(..) {
             let upto = at - out_start;
-            place(&self.segment[done..upto], out, jobs, &mut self.pool);
+            place(&self.segment[done..upto], out, jobs);
             done = upto;
             let seq = jobs.push_pending(self.now);
             let handler = self.handler.clone();
@@ -393,7 +418,7 @@ impl<H: Handler> ConnIo<H> {
                 });
             }));
         }
-        place(&self.segment[done..], out, jobs, &mut self.pool);
+        place(&self.segment[done..], out, jobs);
         if jobs.is_empty() {
             conn.jobs = None;
         }
@@ -599,15 +624,14 @@ impl<H: Handler> ConnIo<H> {
 
 /// Puts an immediate answer where it belongs: straight into the output when no answer
 /// is owed before it, else behind the owed ones.
-fn place(bytes: &[u8], out: &mut BytesMut, jobs: &mut Jobs, pool: &mut BufferPool) {
+fn place(bytes: &[u8], out: &mut BytesMut, jobs: &mut Jobs) {
     if bytes.is_empty() {
         return;
     }
     if jobs.is_empty() {
         out.extend_from_slice(bytes);
     } else {
-        let mut b = pool.get();
-        b.extend_from_slice(bytes);
-        jobs.push_ready(b);
+        // Sized to the answer (an error line, say), not a whole pooled buffer.
+        jobs.push_ready(BytesMut::from(bytes));
     }
 }

@@ -25,7 +25,7 @@ use mio::Waker;
 /// A finished job on its way back to its shard.
 pub struct Completion<R> {
     pub key: usize,
-    pub generation: u32,
+    pub generation: u64,
     pub seq: u32,
     /// `Err` when the handler panicked.
     pub result: Result<R, ()>,
@@ -80,21 +80,32 @@ enum Slot {
 
 /// A connection's jobs in flight and answers waiting their turn.
 pub struct Jobs {
-    pub generation: u32,
+    pub generation: u64,
     /// Sequence number of the front slot.
     head: u32,
     slots: VecDeque<Slot>,
     pending: usize,
+    held: usize,
 }
 
+/// What a waiting answer costs beyond its bytes, for the high-water accounting.
+const SLOT_COST: usize = 64;
+
 impl Jobs {
-    pub fn new(generation: u32) -> Self {
+    pub fn new(generation: u64) -> Self {
         Jobs {
             generation,
             head: 0,
             slots: VecDeque::new(),
             pending: 0,
+            held: 0,
         }
+    }
+
+    /// Bytes of answers waiting their turn (plus a slot's overhead each), counted
+    /// against the connection's high-water mark like unsent output.
+    pub fn held(&self) -> usize {
+        self.held
     }
 
     /// Jobs handed over and not yet answered.
@@ -117,6 +128,7 @@ impl Jobs {
 
     /// Adds an answer given at once, to go out after the jobs before it.
     pub fn push_ready(&mut self, answer: BytesMut) {
+        self.held += answer.len() + SLOT_COST;
         self.slots.push_back(Slot::Ready(answer));
     }
 
@@ -140,6 +152,7 @@ impl Jobs {
 
     /// Fills a slot taken with [`take_pending`](Jobs::take_pending).
     pub fn fill(&mut self, slot: SlotRef, answer: BytesMut) {
+        self.held += answer.len() + SLOT_COST;
         self.slots[slot.i] = Slot::Ready(answer);
     }
 
@@ -156,7 +169,10 @@ impl Jobs {
         }
         self.head = self.head.wrapping_add(1);
         match self.slots.pop_front() {
-            Some(Slot::Ready(b)) => Some(b),
+            Some(Slot::Ready(b)) => {
+                self.held -= b.len() + SLOT_COST;
+                Some(b)
+            }
             _ => None,
         }
     }
@@ -176,7 +192,9 @@ impl Jobs {
         for s in self.slots.iter_mut() {
             match s {
                 Slot::Pending { since } if *since <= cutoff => {
-                    *s = Slot::Ready(answer(*since));
+                    let b = answer(*since);
+                    self.held += b.len() + SLOT_COST;
+                    *s = Slot::Ready(b);
                     n += 1;
                 }
                 // Handed over in order, so the rest are younger.

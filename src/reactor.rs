@@ -256,9 +256,9 @@ impl<H: Handler> Shard<H> {
             return;
         };
         off.inbox.take(&mut self.done);
-        if off.pool.has_room() {
-            self.io.requeue.append(&mut off.room_stalled);
-        }
+        // Always: a connection that still finds no room stalls again and asks to be
+        // woken again; one left here would never be read again (no edge will come).
+        self.io.requeue.append(&mut off.room_stalled);
         for c in self.done.drain(..) {
             let key = c.key;
             if self.io.complete(self.conns.get_mut(key), c) {

@@ -140,7 +140,15 @@ impl Pool {
             let name = st.next_name;
             st.next_name += 1;
             drop(st);
-            pool.spawn(name)?;
+            if let Err(e) = pool.spawn(name) {
+                // Stop the workers already started: nobody else holds this pool.
+                let mut st = pool.inner.lock();
+                st.workers -= 1;
+                st.starting -= 1;
+                drop(st);
+                pool.shutdown(Duration::ZERO);
+                return Err(e);
+            }
         }
         Ok(pool)
     }
@@ -176,14 +184,22 @@ impl Pool {
     /// Gives back `n` reserved places that were not used.
     pub fn release(&self, n: usize) {
         if n > 0 {
-            self.inner.queued.fetch_sub(n, Ordering::AcqRel);
-            self.inner.room_freed();
+            self.inner.free_places(n);
         }
+    }
+
+    /// Takes `n` places whatever the bound: for jobs a decoder handed over beyond its
+    /// reservation (a codec that ignored its limit), so that the count stays exact.
+    pub fn force_reserve(&self, n: usize) {
+        self.inner.queued.fetch_add(n, Ordering::SeqCst);
     }
 
     /// Whether the queue has room for one more job now.
     pub fn has_room(&self) -> bool {
-        self.inner.queued.load(Ordering::Acquire) < self.inner.cfg.queue
+        // SeqCst, like the flag below: the waiter stores the flag then loads the count,
+        // the worker changes the count then takes the flag; weaker orderings would let
+        // both miss each other.
+        self.inner.queued.load(Ordering::SeqCst) < self.inner.cfg.queue
     }
 
     /// Asks for `waker` to be woken the next time a place in the queue frees. The
@@ -198,7 +214,7 @@ impl Pool {
         if !w.iter().any(|x| Arc::ptr_eq(x, waker)) {
             w.push(waker.clone());
         }
-        self.inner.room_wanted.store(true, Ordering::Release);
+        self.inner.room_wanted.store(true, Ordering::SeqCst);
     }
 
     /// Queues jobs for which places were reserved, and starts workers if every worker
@@ -211,9 +227,10 @@ impl Pool {
         if added == 0 {
             return;
         }
-        // Workers that will take a job without growing the pool: the idle ones not yet
-        // signalled and the ones still starting. Grow by what waits beyond them.
-        let free = st.idle.saturating_sub(st.notified) + st.starting;
+        // Workers that will take a job without growing the pool: the idle ones (those
+        // already signalled take jobs still counted in the queue) and the ones still
+        // starting. Grow by what waits beyond them.
+        let free = st.idle + st.starting;
         let mut spawn = Vec::new();
         if !st.shutdown {
             let want = st.jobs.len().saturating_sub(free);
@@ -263,7 +280,7 @@ impl Pool {
         st.shutdown = true;
         let dropped = st.jobs.len();
         st.jobs.clear();
-        self.inner.queued.fetch_sub(dropped, Ordering::AcqRel);
+        self.inner.queued.fetch_sub(dropped, Ordering::SeqCst);
         self.inner.work.notify_all();
         let end = Instant::now() + wait;
         while st.workers > 0 {
@@ -297,8 +314,17 @@ impl Inner {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Frees `n` places; wakes whoever waits for room, but only when the queue was full:
+    /// nobody waits otherwise, and a wake-up per freed place would be a herd.
+    fn free_places(&self, n: usize) {
+        let before = self.queued.fetch_sub(n, Ordering::SeqCst);
+        if before >= self.cfg.queue {
+            self.room_freed();
+        }
+    }
+
     fn room_freed(&self) {
-        if self.room_wanted.swap(false, Ordering::AcqRel) {
+        if self.room_wanted.swap(false, Ordering::SeqCst) {
             let waiters =
                 std::mem::take(&mut *self.room_waiters.lock().unwrap_or_else(|e| e.into_inner()));
             for w in waiters {
@@ -343,8 +369,7 @@ impl Inner {
                 }
             };
             drop(st);
-            self.queued.fetch_sub(1, Ordering::AcqRel);
-            self.room_freed();
+            self.free_places(1);
             self.busy.fetch_add(1, Ordering::Relaxed);
             if catch_unwind(AssertUnwindSafe(task)).is_err() {
                 warn!("worker pool: a job panicked; the worker goes on");

@@ -418,6 +418,104 @@ fn a_full_queue_stalls_reading_and_every_request_is_still_answered() {
 }
 
 #[test]
+fn a_full_queue_shared_by_two_shards_loses_no_connection() {
+    // Two shards race for one place in the queue: a shard that loses the race must
+    // still be woken when room frees, or its stalled connections are never read again.
+    let srv = Server::start(
+        "--protocol json --threads 2 --work spin:20us --workers 1 --queue 1 --max-inflight 4",
+    );
+    let conns: Vec<TcpStream> = (0..8).map(|_| connect(srv.addr)).collect();
+    for (k, c) in conns.iter().enumerate() {
+        let batch: String = (0..200).map(|i| json_line(k * 1000 + i)).collect();
+        (&*c).write_all(batch.as_bytes()).unwrap();
+    }
+    for (k, c) in conns.into_iter().enumerate() {
+        let want: Vec<String> = (0..200).map(|i| (k * 1000 + i).to_string()).collect();
+        assert_eq!(read_json_uids(c, 200), want, "connection {k}");
+    }
+}
+
+#[test]
+fn error_answers_behind_a_slow_job_are_bounded_by_the_high_water_mark() {
+    // One slow job, then a stream of garbage lines: each gets an error line that must
+    // wait behind the job. Those waiting answers count against the high-water mark, so
+    // the server stops reading instead of holding an answer per line in memory.
+    let srv = Server::start("--protocol json --work sleep:30s --workers 1 --high-water 65536");
+    let c = connect(srv.addr);
+    (&c).write_all(json_line(1).as_bytes()).unwrap();
+    let before = srv.rss_kib();
+    c.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
+    let garbage = b"x\n".repeat(64 * 1024);
+    let mut sent = 0usize;
+    while sent < 8 << 20 {
+        match (&c).write(&garbage) {
+            Ok(n) => sent += n,
+            Err(_) => break,
+        }
+    }
+    let grown = srv.rss_kib().saturating_sub(before);
+    // Without the bound, 8 MB of garbage lines held about 1 GB of waiting answers.
+    assert!(
+        grown < 32 * 1024,
+        "server memory grew {grown} KiB while {sent} bytes of garbage were sent"
+    );
+    assert!(
+        sent < 8 << 20,
+        "the server never stopped reading ({sent} bytes taken)"
+    );
+}
+
+/// Hands every line to the pool without ever looking at its limit.
+#[derive(Clone)]
+struct Greedy;
+
+impl Codec for Greedy {
+    type State = ();
+    type Request = String;
+    type Response = String;
+    fn decode(&self, _: &mut (), input: &[u8], out: &mut Calls<String>, _: &Cx) -> Decoded {
+        let mut d = Decoded::default();
+        while let Some(nl) = input[d.consumed..].iter().position(|&b| b == b'\n') {
+            out.call(String::from_utf8_lossy(&input[d.consumed..d.consumed + nl]).into());
+            d.consumed += nl + 1;
+            d.requests += 1;
+        }
+        d
+    }
+    fn encode(&self, answer: String, out: &mut BytesMut, _: &Cx) {
+        out.extend_from_slice(answer.as_bytes());
+        out.extend_from_slice(b"\n");
+    }
+    fn encode_failure(&self, f: Failure, out: &mut BytesMut, _: &Cx) {
+        out.extend_from_slice(format!("ERR {f}\n").as_bytes());
+    }
+}
+
+#[test]
+fn a_codec_that_ignores_its_limit_cannot_break_the_queue_count() {
+    let cfg = Config {
+        queue: 2,
+        max_inflight: 2,
+        ..config(1)
+    };
+    let srv = InProcess::start_with(&cfg, Pooled::new(Greedy, |s: String| s)).unwrap();
+    let c = connect(srv.local_addr());
+    let lines: String = (0..50).map(|i| format!("{i}\n")).collect();
+    (&c).write_all(lines.as_bytes()).unwrap();
+    let mut r = BufReader::new(c);
+    for i in 0..50 {
+        assert_eq!(read_line(&mut r), format!("{i}\n"));
+    }
+    wait_until("the queue to be empty again", || {
+        srv.stats().jobs_queued == 0
+    });
+    // And the pool still takes work.
+    let c2 = connect(srv.local_addr());
+    (&c2).write_all(b"again\n").unwrap();
+    assert_eq!(read_line(&mut BufReader::new(c2)), "again\n");
+}
+
+#[test]
 fn a_json_handler_timeout_answers_an_error_line() {
     let srv = Server::start("--protocol json --work sleep:3s --workers 1 --handler-timeout 200ms");
     let c = connect(srv.addr);
