@@ -9,6 +9,7 @@
 
 use std::fs::File;
 use std::io;
+use std::net::SocketAddr;
 
 use log::warn;
 use mio::net::{TcpListener, TcpStream};
@@ -86,7 +87,12 @@ impl Acceptor {
     /// Accepts until WouldBlock or the budget; `admit` decides each connection's fate
     /// (and registers and stores the ones it keeps). `open` is the shard's connection
     /// count, for the warning.
-    pub fn accept(&mut self, now: u64, open: usize, mut admit: impl FnMut(TcpStream) -> Admit) {
+    pub fn accept(
+        &mut self,
+        now: u64,
+        open: usize,
+        mut admit: impl FnMut(TcpStream, SocketAddr) -> Admit,
+    ) {
         self.pending = false;
         if self.resume_at.is_some_and(|at| now < at) {
             return;
@@ -97,8 +103,8 @@ impl Acceptor {
         };
         for _ in 0..ACCEPT_BUDGET {
             match listener.accept() {
-                Ok((sock, _)) => {
-                    if let Admit::Reject = admit(sock) {
+                Ok((sock, peer)) => {
+                    if let Admit::Reject = admit(sock, peer) {
                         self.rejected += 1;
                     }
                 }

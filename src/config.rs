@@ -5,7 +5,16 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
+use crate::proxy::{Cidr, ProxyMode};
 use crate::service::Work;
+
+/// `--proxy-from`: trusted networks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CidrList(pub Vec<Cidr>);
+
+fn parse_cidrs(s: &str) -> Result<CidrList, String> {
+    crate::proxy::parse_cidrs(s).map(CidrList)
+}
 
 /// The protocol a server speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -104,6 +113,26 @@ pub struct Config {
     /// given), from a loop of its own.
     #[arg(long)]
     pub metrics_addr: Option<SocketAddr>,
+
+    /// Expect a PROXY protocol header (HAProxy's, version 1 text or 2 binary) at the
+    /// start of each connection from a peer in --proxy-from; its client address is
+    /// what per-address limits and logs use.
+    #[arg(long, value_enum, default_value_t = ProxyMode::Off, help_heading = "Behind a load balancer")]
+    pub proxy_protocol: ProxyMode,
+
+    /// Peers allowed (and required) to send a PROXY header, as CIDR networks separated
+    /// by commas. A header from any other peer closes its connection.
+    #[arg(long, default_value = "127.0.0.0/8,::1/128", value_parser = parse_cidrs, help_heading = "Behind a load balancer")]
+    pub proxy_from: CidrList,
+
+    /// How long a trusted peer has to send its whole PROXY header.
+    #[arg(long, default_value = "3s", value_parser = parse_duration, help_heading = "Behind a load balancer")]
+    pub proxy_timeout: Duration,
+
+    /// On a drain, how long a connection that has not sent its first request yet may
+    /// still send it (one accepted just before the drain is not idle).
+    #[arg(long, default_value = "1s", value_parser = parse_duration, help_heading = "Behind a load balancer")]
+    pub drain_grace: Duration,
 
     /// Most connections from one client address at once; past it new connections from
     /// that address are closed at once and counted as rejected (0 = no limit).

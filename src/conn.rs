@@ -26,10 +26,16 @@ pub const PEER_EOF: u8 = 2;
 pub const DECODE_PENDING: u8 = 4;
 /// A request has started and is not complete: the read timeout applies.
 pub const IN_REQUEST: u8 = 16;
+/// At least one request was decoded (a drain need not wait for this one's first).
+pub const SERVED: u8 = 32;
+/// A peer not trusted to send a PROXY header: its first bytes are checked for one.
+pub const SPOOF_CHECK: u8 = 64;
 
 /// Where a connection is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stage {
+    /// Waiting for the PROXY header of a trusted load balancer, under the proxy timeout.
+    Proxy,
     /// Reading requests and answering them.
     Serving,
     /// Reads no more; closes (by lingering) once every owed answer is written. Entered
@@ -51,11 +57,14 @@ pub struct Timeouts {
     pub write: Option<u64>,
     /// How long a job may run before its request is answered with a failure.
     pub handler: Option<u64>,
+    /// How long a trusted peer has for its PROXY header.
+    pub proxy: u64,
 }
 
 /// Which deadline a connection is under.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Phase {
+    Proxy,
     Linger,
     Held,
     Writing,
@@ -141,7 +150,9 @@ impl<S> Conn<S> {
 
     /// Which deadline applies now.
     pub fn phase(&self) -> Phase {
-        if self.stage == Stage::Lingering {
+        if self.stage == Stage::Proxy {
+            Phase::Proxy
+        } else if self.stage == Stage::Lingering {
             Phase::Linger
         } else if self.held_until != 0 {
             Phase::Held
@@ -159,6 +170,7 @@ impl<S> Conn<S> {
     /// The time at which the connection must be looked at again, if any.
     pub fn deadline(&self, t: &Timeouts) -> Option<u64> {
         let phase = match self.phase() {
+            Phase::Proxy => return Some(self.last_active + t.proxy),
             Phase::Linger => return Some(self.write_since + LINGER_MS),
             Phase::Held => Some(self.held_until),
             Phase::Writing => t.write.map(|w| self.write_since + w),

@@ -16,6 +16,7 @@
 //! before it) move into pooled buffers owned by the connection.
 
 use std::io::{self, Read, Write};
+use std::net::SocketAddr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +30,7 @@ use crate::clock::Clock;
 use crate::conn::*;
 use crate::jobs::{Completion, Inbox, Jobs};
 use crate::protocol::{Cx, Decoded, Next};
+use crate::proxy::{self, Cidr, Parsed, ProxyMode, Refusal};
 use crate::service::{Calls, Failure, Handler};
 use crate::stats::Counters;
 use crate::timer::TimerWheel;
@@ -53,6 +55,11 @@ pub(crate) struct Settings {
     pub max_inflight: usize,
     /// Most connections per client address (0 = no limit).
     pub max_per_ip: usize,
+    /// PROXY protocol versions accepted, and from whom.
+    pub proxy: ProxyMode,
+    pub proxy_from: Arc<Vec<Cidr>>,
+    /// On a drain, how long a connection yet to send its first request may still.
+    pub drain_grace_ms: u64,
 }
 
 /// Why a connection was closed.
@@ -64,6 +71,8 @@ pub(crate) enum Close {
     ReadTimeout,
     WriteTimeout,
     Cut,
+    /// Refused at its PROXY header.
+    Proxy(Refusal),
 }
 
 /// The shard's side of the worker pool.
@@ -110,6 +119,9 @@ pub(crate) struct ConnIo<H: Handler> {
     pub requeue: Vec<usize>,
     pub draining: bool,
     pub offload: Option<Offload<H>>,
+    /// Client addresses learnt from PROXY headers this turn, for the shard's
+    /// per-address accounting.
+    pub proxied: Vec<(usize, SocketAddr)>,
     calls: Vec<(usize, H::Request)>,
     segment: Vec<u8>,
 }
@@ -136,6 +148,7 @@ impl<H: Handler> ConnIo<H> {
             requeue: Vec::new(),
             draining: false,
             offload: None,
+            proxied: Vec::new(),
             calls: Vec::new(),
             segment: Vec::new(),
         }
@@ -151,6 +164,12 @@ impl<H: Handler> ConnIo<H> {
     ) -> Result<(), Close> {
         if conn.stage == Stage::Lingering {
             return self.linger(conn, key);
+        }
+        if conn.stage == Stage::Proxy {
+            self.read_proxy_header(conn, key)?;
+            if conn.stage == Stage::Proxy {
+                return Ok(());
+            }
         }
         self.flush(reg, conn, key)?;
         let mut budget = READ_BUDGET;
@@ -188,6 +207,9 @@ impl<H: Handler> ConnIo<H> {
                     budget = budget.saturating_sub(n);
                     self.stats.bytes_in += n as u64;
                     conn.last_active = self.now;
+                    if conn.has(SPOOF_CHECK) {
+                        self.check_spoof(conn, n)?;
+                    }
                     self.feed(conn, key, n);
                     // Edge-triggered: a read shorter than the buffer emptied the socket,
                     // and bytes arriving later raise a new edge. Skipping the read that
@@ -221,8 +243,76 @@ impl<H: Handler> ConnIo<H> {
         {
             return Err(Close::Normal);
         }
-        if self.draining && conn.is_quiet() {
+        if self.draining && conn.is_quiet() && self.may_close_in_drain(conn) {
             return Err(Close::Normal);
+        }
+        Ok(())
+    }
+
+    /// A quiet connection that has not sent a request yet may have been accepted just
+    /// before the drain, its request on the way: it gets `--drain-grace` from its
+    /// accept to send it.
+    pub fn may_close_in_drain(&self, conn: &Conn<H::State>) -> bool {
+        conn.has(SERVED) || self.now >= conn.last_active + self.set.drain_grace_ms
+    }
+
+    /// Reads a trusted peer's PROXY header. Bytes after it stay in the input buffer
+    /// for the decoder.
+    fn read_proxy_header(&mut self, conn: &mut Conn<H::State>, key: usize) -> Result<(), Close> {
+        loop {
+            let buf = conn.input.get_or_insert_with(|| self.pool.get());
+            let room = proxy::MAX_HEADER + 1 - buf.len().min(proxy::MAX_HEADER);
+            let n = match conn.sock.read(&mut self.scratch[..room]) {
+                Ok(0) => return Err(Close::Normal),
+                Ok(n) => n,
+                Err(e) if would_block(&e) => return Ok(()),
+                Err(e) if interrupted(&e) => continue,
+                Err(_) => return Err(Close::Error),
+            };
+            self.stats.bytes_in += n as u64;
+            buf.extend_from_slice(&self.scratch[..n]);
+            match proxy::parse(self.set.proxy, buf) {
+                Parsed::Incomplete => continue,
+                Parsed::Refused(why) => return Err(Close::Proxy(why)),
+                Parsed::Done { len, client } => {
+                    buf.advance(len);
+                    self.stats.proxy_headers += 1;
+                    if let Some(client) = client {
+                        log::debug!("connection {key}: client {client} (PROXY header)");
+                        self.proxied.push((key, client));
+                    }
+                    conn.stage = Stage::Serving;
+                    if buf.is_empty() {
+                        if let Some(b) = conn.input.take() {
+                            self.pool.put(b);
+                        }
+                    } else {
+                        conn.set(DECODE_PENDING, true);
+                    }
+                    conn.last_active = self.now;
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// A peer not in `--proxy-from` that opens with a PROXY header is trying to pass
+    /// for someone else: refuse it. Decided on the first bytes that settle it.
+    fn check_spoof(&mut self, conn: &mut Conn<H::State>, n: usize) -> Result<(), Close> {
+        let mut first = [0u8; 12];
+        let held = conn.input.as_deref().unwrap_or_default();
+        let k = held.len().min(first.len());
+        first[..k].copy_from_slice(&held[..k]);
+        let m = (first.len() - k).min(n);
+        first[k..k + m].copy_from_slice(&self.scratch[..m]);
+        let seen = &first[..k + m];
+        if !proxy::looks_like_header(seen) {
+            conn.set(SPOOF_CHECK, false);
+            return Ok(());
+        }
+        // "PROXY " or the whole v2 signature settles it; a shorter prefix waits.
+        if seen.len() >= 6 && (seen.starts_with(b"PROXY ") || seen.len() == first.len()) {
+            return Err(Close::Proxy(Refusal::Untrusted));
         }
         Ok(())
     }
@@ -278,6 +368,7 @@ impl<H: Handler> ConnIo<H> {
             _ => usize::MAX,
         };
         let cx = Cx {
+            draining: self.draining,
             clock: &self.clock,
             out_limit: self
                 .set
@@ -345,6 +436,7 @@ impl<H: Handler> ConnIo<H> {
         }
         if d.requests > 0 {
             conn.last_active = self.now;
+            conn.set(SERVED, true);
             if self.set.delay_ms > 0 {
                 conn.held_until = self.now + self.set.delay_ms;
             }
@@ -617,6 +709,13 @@ impl<H: Handler> ConnIo<H> {
             Close::ReadTimeout => s.read_timeouts += 1,
             Close::WriteTimeout => s.write_timeouts += 1,
             Close::Cut => s.cut_at_shutdown += 1,
+            Close::Proxy(why) => match why {
+                Refusal::Missing => s.proxy_missing += 1,
+                Refusal::Malformed => s.proxy_malformed += 1,
+                Refusal::Oversized => s.proxy_oversized += 1,
+                Refusal::Untrusted => s.proxy_untrusted += 1,
+                Refusal::Timeout => s.proxy_timeouts += 1,
+            },
         }
         // Dropping the socket closes it, which also removes it from epoll.
     }

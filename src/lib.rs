@@ -53,6 +53,7 @@ mod jobs;
 pub mod listener;
 mod metrics;
 pub mod protocol;
+pub mod proxy;
 mod reactor;
 pub mod server;
 pub mod service;

@@ -209,6 +209,30 @@ impl Collector for Sources {
             None,
             t.accept_fd_errors,
         )?;
+        counter(
+            &mut e,
+            "reactor_proxy_headers",
+            "PROXY protocol headers read from trusted load balancers.",
+            None,
+            t.proxy_headers,
+        )?;
+        {
+            let mut m = e.encode_descriptor(
+                "reactor_proxy_refused",
+                "Connections closed at their PROXY header, by reason.",
+                None,
+                MetricType::Counter,
+            )?;
+            for (reason, v) in [
+                ("missing", t.proxy_missing),
+                ("malformed", t.proxy_malformed),
+                ("oversized", t.proxy_oversized),
+                ("untrusted", t.proxy_untrusted),
+                ("timeout", t.proxy_timeouts),
+            ] {
+                ConstCounter::new(v).encode(m.encode_family(&[("reason", reason)])?)?;
+            }
+        }
         if let Some(pool) = &self.pool {
             let p = pool.stats();
             gauge(

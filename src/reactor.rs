@@ -43,6 +43,7 @@ use crate::conn::*;
 use crate::conn_io::{Close, ConnIo, Offload};
 use crate::jobs::{Completion, Inbox};
 use crate::listener::configure_accepted;
+use crate::proxy::{ProxyMode, Refusal};
 use crate::service::Handler;
 use crate::shared::Shared;
 use crate::stats::Counters;
@@ -71,6 +72,9 @@ pub(crate) struct Shard<H: Handler> {
     done: Vec<Completion<H::Response>>,
     touched: Vec<usize>,
     drain_deadline: Option<u64>,
+    /// During a drain: when the connections let off for `--drain-grace` are looked at
+    /// again.
+    grace_sweep_at: Option<u64>,
     /// The client address of each connection, kept only under --max-connections-per-ip.
     ips: HashMap<usize, IpAddr>,
     published: Counters,
@@ -106,6 +110,7 @@ impl<H: Handler> Shard<H> {
             done: Vec::new(),
             touched: Vec::new(),
             drain_deadline: None,
+            grace_sweep_at: None,
             ips: HashMap::new(),
             published: Counters::default(),
             next_publish: 0,
@@ -160,7 +165,11 @@ impl<H: Handler> Shard<H> {
         }
         let now = self.io.now;
         let mut at = self.io.wheel.next_deadline();
-        for t in [self.drain_deadline, self.acceptor.resume_at] {
+        for t in [
+            self.drain_deadline,
+            self.acceptor.resume_at,
+            self.grace_sweep_at,
+        ] {
             at = match (at, t) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
@@ -194,6 +203,9 @@ impl<H: Handler> Shard<H> {
                 self.close(key, why);
             }
         }
+        if !self.io.proxied.is_empty() {
+            self.account_proxied();
+        }
     }
 
     fn close(&mut self, key: usize, why: Close) {
@@ -209,22 +221,20 @@ impl<H: Handler> Shard<H> {
         let (ips, shared) = (&mut self.ips, &self.shared);
         let shard = self.id;
         let open = conns.len();
-        self.acceptor.accept(io.now, open, |mut sock| {
+        self.acceptor.accept(io.now, open, |mut sock, peer| {
             if conns.len() >= io.set.max_conns {
                 return Admit::Reject;
             }
+            // A trusted load balancer speaks for its clients: the address that counts
+            // comes with its PROXY header.
+            let proxied = io.set.proxy != ProxyMode::Off
+                && io.set.proxy_from.iter().any(|n| n.contains(peer.ip()));
             let mut ip = None;
-            if io.set.max_per_ip > 0 {
-                let Ok(peer) = sock.peer_addr() else {
-                    return Admit::Reject;
-                };
-                let mut per_ip = shared.per_ip.lock().unwrap_or_else(|e| e.into_inner());
-                let n = per_ip.entry(peer.ip()).or_insert(0);
-                if *n >= io.set.max_per_ip {
+            if io.set.max_per_ip > 0 && !proxied {
+                if !take_ip(shared, peer.ip(), io.set.max_per_ip) {
                     io.stats.rejected_per_ip += 1;
                     return Admit::Reject;
                 }
-                *n += 1;
                 ip = Some(peer.ip());
             }
             if let Err(e) = configure_accepted(&sock, io.set.keepalive) {
@@ -240,6 +250,11 @@ impl<H: Handler> Shard<H> {
                 return Admit::Keep;
             }
             let conn = entry.insert(Conn::new(sock, io.now));
+            if proxied {
+                conn.stage = Stage::Proxy;
+            } else if io.set.proxy != ProxyMode::Off {
+                conn.set(SPOOF_CHECK, true);
+            }
             io.stats.accepted += 1;
             if let Some(ip) = ip {
                 ips.insert(key, ip);
@@ -247,6 +262,23 @@ impl<H: Handler> Shard<H> {
             io.arm(conn, key);
             Admit::Keep
         });
+    }
+
+    /// Client addresses learnt from PROXY headers: count them against the per-address
+    /// limit now, as if the client had connected itself.
+    fn account_proxied(&mut self) {
+        for (key, client) in std::mem::take(&mut self.io.proxied) {
+            if self.io.set.max_per_ip == 0 || !self.conns.contains(key) {
+                continue;
+            }
+            if take_ip(&self.shared, client.ip(), self.io.set.max_per_ip) {
+                self.ips.insert(key, client.ip());
+            } else {
+                self.io.stats.rejected_per_ip += 1;
+                self.io.stats.rejected += 1;
+                self.close(key, Close::Normal);
+            }
+        }
     }
 
     /// The waker: completions from the worker pool, room in its queue, or shutdown
@@ -296,6 +328,7 @@ impl<H: Handler> Shard<H> {
                 continue;
             }
             let why = match conn.phase() {
+                Phase::Proxy => Close::Proxy(Refusal::Timeout),
                 Phase::Held => {
                     conn.held_until = 0;
                     self.drive(key);
@@ -336,6 +369,7 @@ impl<H: Handler> Shard<H> {
                     self.drive(key);
                 }
             }
+            self.grace_sweep_at = Some(self.io.now + self.io.set.drain_grace_ms);
             let jobs: usize = self.conns.iter().map(|(_, c)| c.jobs_pending()).sum();
             info!(
                 "shard {}: draining {} connections with requests in progress \
@@ -343,6 +377,16 @@ impl<H: Handler> Shard<H> {
                 self.id,
                 self.conns.len()
             );
+        }
+        if let Some(at) = self.grace_sweep_at
+            && self.io.now >= at
+        {
+            // The grace is over for connections that never sent a request.
+            self.grace_sweep_at = None;
+            let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+            for key in keys {
+                self.drive(key);
+            }
         }
         let force = self.shared.force.load(Ordering::Acquire);
         if self.io.draining
@@ -390,6 +434,18 @@ impl<H: Handler> Shard<H> {
             }
         }
     }
+}
+
+/// Counts a connection from `ip` under --max-connections-per-ip; `false` if it has its
+/// most already.
+fn take_ip(shared: &Shared, ip: IpAddr, max: usize) -> bool {
+    let mut per_ip = shared.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+    let n = per_ip.entry(ip).or_insert(0);
+    if *n >= max {
+        return false;
+    }
+    *n += 1;
+    true
 }
 
 /// A connection from `ip` under --max-connections-per-ip has gone.

@@ -106,6 +106,7 @@ impl Server {
                 work: None,
                 metrics_addr: None,
                 max_connections_per_ip: 0,
+                proxy_protocol: crate::proxy::ProxyMode::Off,
                 ..Config::default()
             };
             let admin = Admin::new(Sources {
@@ -189,6 +190,7 @@ impl Server {
                 read: ms(cfg.read_timeout),
                 write: ms(cfg.write_timeout),
                 handler: ms(cfg.handler_timeout),
+                proxy: cfg.proxy_timeout.as_millis() as u64,
             },
             high_water: cfg.high_water.max(1),
             delay_ms: cfg.delay_ms,
@@ -198,6 +200,9 @@ impl Server {
             pool_buffers: cfg.pool_buffers,
             max_inflight: cfg.max_inflight.max(1),
             max_per_ip: cfg.max_connections_per_ip,
+            proxy: cfg.proxy_protocol,
+            proxy_from: Arc::new(cfg.proxy_from.0.clone()),
+            drain_grace_ms: cfg.drain_grace.as_millis() as u64,
         };
         let shared = Arc::new(Shared::new(threads));
         // Bind every listener before starting any thread; with port 0 the first bind

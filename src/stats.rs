@@ -47,6 +47,13 @@ pub struct Counters {
     /// Requests by server-side latency (see [`LATENCY_BOUNDS_US`]), and the sum in us.
     pub latency: [u64; LATENCY_BUCKETS],
     pub latency_sum_us: u64,
+    /// PROXY headers read, and connections refused at theirs by reason.
+    pub proxy_headers: u64,
+    pub proxy_missing: u64,
+    pub proxy_malformed: u64,
+    pub proxy_oversized: u64,
+    pub proxy_untrusted: u64,
+    pub proxy_timeouts: u64,
     /// Requests handed to the worker pool.
     pub jobs: u64,
     /// Job results dropped: their connection had closed, or the handler timeout had
@@ -101,6 +108,12 @@ impl AddAssign for Counters {
             *a += b;
         }
         self.latency_sum_us += o.latency_sum_us;
+        self.proxy_headers += o.proxy_headers;
+        self.proxy_missing += o.proxy_missing;
+        self.proxy_malformed += o.proxy_malformed;
+        self.proxy_oversized += o.proxy_oversized;
+        self.proxy_untrusted += o.proxy_untrusted;
+        self.proxy_timeouts += o.proxy_timeouts;
         self.jobs += o.jobs;
         self.jobs_dropped += o.jobs_dropped;
         self.handler_panics += o.handler_panics;
@@ -139,6 +152,24 @@ impl fmt::Display for Counters {
             self.cut_at_shutdown,
             self.rejected_per_ip,
         )?;
+        let refused = self.proxy_missing
+            + self.proxy_malformed
+            + self.proxy_oversized
+            + self.proxy_untrusted
+            + self.proxy_timeouts;
+        if self.proxy_headers > 0 || refused > 0 {
+            write!(
+                f,
+                " proxy_headers={} proxy_missing={} proxy_malformed={} proxy_oversized={} \
+                 proxy_untrusted={} proxy_timeouts={}",
+                self.proxy_headers,
+                self.proxy_missing,
+                self.proxy_malformed,
+                self.proxy_oversized,
+                self.proxy_untrusted,
+                self.proxy_timeouts,
+            )?;
+        }
         if self.jobs > 0 || self.workers > 0 {
             write!(
                 f,

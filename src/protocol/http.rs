@@ -381,11 +381,15 @@ impl Http {
                     Ok(httparse::Status::Complete(n)) if n > self.max_header_bytes => H431,
                     Ok(httparse::Status::Complete(n)) => match self.parse_head(&req) {
                         Head::Ok {
-                            reply,
+                            mut reply,
                             body,
                             chunked,
                             expect,
                         } => {
+                            if cx.draining {
+                                // Tell a keep-alive client to go elsewhere next time.
+                                reply.keep_alive = false;
+                            }
                             d.consumed += n;
                             if expect && (body > 0 || chunked) && !reply.v10 {
                                 out.out()

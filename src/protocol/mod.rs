@@ -94,6 +94,9 @@ pub struct Cx<'a> {
     pub out_limit: usize,
     /// Answer at most this many requests in this call (1 when answers are delayed).
     pub max_requests: usize,
+    /// The server is draining: a protocol with keep-alive should answer this request
+    /// with a close (HTTP `Connection: close`) and return [`Next::Close`].
+    pub draining: bool,
 }
 
 impl<'a> Cx<'a> {
@@ -103,6 +106,7 @@ impl<'a> Cx<'a> {
             clock,
             out_limit: usize::MAX,
             max_requests: usize::MAX,
+            draining: false,
         }
     }
 
