@@ -167,7 +167,9 @@ impl<H: Handler> ConnIo<H> {
         }
         if conn.stage == Stage::Proxy {
             self.read_proxy_header(conn, key)?;
-            if conn.stage == Stage::Proxy {
+            // Still waiting; or the client's address must pass the per-address limit
+            // first (the shard drives the connection again once it has).
+            if conn.stage == Stage::Proxy || self.proxied.last().is_some_and(|p| p.0 == key) {
                 return Ok(());
             }
         }
@@ -279,7 +281,9 @@ impl<H: Handler> ConnIo<H> {
                     self.stats.proxy_headers += 1;
                     if let Some(client) = client {
                         log::debug!("connection {key}: client {client} (PROXY header)");
-                        self.proxied.push((key, client));
+                        if self.set.max_per_ip > 0 {
+                            self.proxied.push((key, client));
+                        }
                     }
                     conn.stage = Stage::Serving;
                     if buf.is_empty() {

@@ -268,11 +268,13 @@ impl<H: Handler> Shard<H> {
     /// limit now, as if the client had connected itself.
     fn account_proxied(&mut self) {
         for (key, client) in std::mem::take(&mut self.io.proxied) {
-            if self.io.set.max_per_ip == 0 || !self.conns.contains(key) {
+            if !self.conns.contains(key) {
                 continue;
             }
             if take_ip(&self.shared, client.ip(), self.io.set.max_per_ip) {
                 self.ips.insert(key, client.ip());
+                // Serve what came with the header.
+                self.io.requeue.push(key);
             } else {
                 self.io.stats.rejected_per_ip += 1;
                 self.io.stats.rejected += 1;
