@@ -129,6 +129,17 @@ pub struct Config {
     #[arg(long, default_value = "3s", value_parser = parse_duration, help_heading = "Behind a load balancer")]
     pub proxy_timeout: Duration,
 
+    /// Offer this server's listening sockets to a successor on a Unix socket at this
+    /// path (mode 0600): a new server started with --takeover PATH takes them, and this
+    /// one drains. Nothing waiting in an accept queue is lost.
+    #[arg(long, help_heading = "Behind a load balancer")]
+    pub handover: Option<std::path::PathBuf>,
+
+    /// Start by taking the listening sockets of the server offering them at this path
+    /// (its --handover), instead of binding --addr. One thread per listener taken.
+    #[arg(long, help_heading = "Behind a load balancer")]
+    pub takeover: Option<std::path::PathBuf>,
+
     /// On a drain, how long a connection that has not sent its first request yet may
     /// still send it (one accepted just before the drain is not idle).
     #[arg(long, default_value = "1s", value_parser = parse_duration, help_heading = "Behind a load balancer")]

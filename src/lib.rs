@@ -49,6 +49,7 @@ pub mod clock;
 pub mod config;
 mod conn;
 mod conn_io;
+pub mod handover;
 mod jobs;
 pub mod listener;
 mod metrics;

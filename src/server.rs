@@ -3,6 +3,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
@@ -15,6 +16,7 @@ use signal_hook_mio::v1_0::Signals;
 
 use crate::config::{Config, ProtocolKind};
 use crate::conn::Timeouts;
+use crate::handover;
 use crate::listener::{bind, raise_nofile_limit};
 use crate::metrics::{Admin, Sources};
 use crate::protocol::json::JsonCodec;
@@ -39,6 +41,10 @@ pub struct Server {
     pool: Option<Pool>,
     /// The /metrics and /health endpoint, a server of its own.
     admin: Option<Box<Server>>,
+    /// The listening sockets, for a successor (--handover).
+    listener_fds: Vec<OwnedFd>,
+    /// With --takeover: the old server, waiting for word that we serve.
+    takeover: Option<std::os::unix::net::UnixStream>,
 }
 
 fn ms(d: Duration) -> Option<u64> {
@@ -133,6 +139,17 @@ impl Server {
             );
             server.admin = Some(Box::new(admin));
         }
+        // Fully started: the server we replace may drain now.
+        if let Some(stream) = server.takeover.take() {
+            handover::confirm(stream)?;
+            info!(
+                "took over {} listeners from the server at {}",
+                server.threads.len(),
+                cfg.takeover
+                    .as_ref()
+                    .map_or(String::new(), |p| p.display().to_string())
+            );
+        }
         Ok(server)
     }
 
@@ -142,9 +159,15 @@ impl Server {
     }
 
     fn start_inner<H: Handler>(cfg: &Config, handler: H, name: &str) -> io::Result<Server> {
-        let threads = match cfg.threads {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-            n => n,
+        let mut takeover = match &cfg.takeover {
+            Some(path) if name != "admin" => Some(handover::take(path)?),
+            _ => None,
+        };
+        let threads = match (&takeover, cfg.threads) {
+            // One shard per listener handed over, whatever --threads says.
+            (Some((fds, _)), _) => fds.len(),
+            (None, 0) => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            (None, n) => n,
         };
         let pool = if H::POOLED {
             if cfg.workers == 0 {
@@ -207,11 +230,30 @@ impl Server {
         let shared = Arc::new(Shared::new(threads));
         // Bind every listener before starting any thread; with port 0 the first bind
         // picks the port and the others share it through SO_REUSEPORT.
-        let mut addr = cfg.addr;
+        // With --takeover, the listeners come from the server being replaced instead.
+        let mut listeners = Vec::with_capacity(threads);
+        if let Some(taken) = takeover.as_mut() {
+            for fd in std::mem::take(&mut taken.0) {
+                let l = std::net::TcpListener::from(fd);
+                l.set_nonblocking(true)?;
+                listeners.push(mio::net::TcpListener::from_std(l));
+            }
+        } else {
+            let mut addr = cfg.addr;
+            for _ in 0..threads {
+                let listener = bind(addr, cfg.backlog)?;
+                addr = listener.local_addr()?;
+                listeners.push(listener);
+            }
+        }
+        let addr = listeners[0].local_addr()?;
+        // Kept to hand the listeners over to a successor (--handover).
+        let listener_fds = listeners
+            .iter()
+            .map(|l| std::os::fd::BorrowedFd::try_clone_to_owned(&l.as_fd()))
+            .collect::<io::Result<Vec<OwnedFd>>>()?;
         let mut parts = Vec::with_capacity(threads);
-        for _ in 0..threads {
-            let listener = bind(addr, cfg.backlog)?;
-            addr = listener.local_addr()?;
+        for listener in listeners {
             let poll = Poll::new()?;
             let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
             parts.push((poll, listener, waker));
@@ -250,6 +292,8 @@ impl Server {
             threads: Vec::with_capacity(threads),
             pool: pool.clone(),
             admin: None,
+            listener_fds,
+            takeover: None,
         };
         // Everything that can fail is done before the first thread starts: binding,
         // polls, wakers, and each shard's registration.
@@ -285,7 +329,13 @@ impl Server {
                 }
             }
         }
+        server.takeover = takeover.map(|(_, stream)| stream);
         Ok(server)
+    }
+
+    /// The listening sockets, to hand over to a successor.
+    pub fn listener_fds(&self) -> Vec<RawFd> {
+        self.listener_fds.iter().map(|f| f.as_raw_fd()).collect()
     }
 
     /// The address the listeners are bound to.
@@ -388,6 +438,9 @@ pub fn run_with<H: Handler>(cfg: &Config, handler: H) -> io::Result<Counters> {
     serve(cfg, || Server::start_with(cfg, handler))
 }
 
+/// The hand-over socket's token in the signal loop.
+const HANDOVER: Token = Token(1);
+
 fn serve(cfg: &Config, start: impl FnOnce() -> io::Result<Server>) -> io::Result<Counters> {
     // Signals are caught before any thread starts, so an early SIGTERM is a drain, not
     // a kill.
@@ -396,6 +449,20 @@ fn serve(cfg: &Config, start: impl FnOnce() -> io::Result<Server>) -> io::Result
     poll.registry()
         .register(&mut signals, Token(0), Interest::READABLE)?;
     let server = start()?;
+    let mut offered = match &cfg.handover {
+        Some(path) => {
+            let l = handover::offer(path)?;
+            let mut l = mio::net::UnixListener::from_std(l);
+            poll.registry()
+                .register(&mut l, HANDOVER, Interest::READABLE)?;
+            info!(
+                "offering the listeners to a successor at {}",
+                path.display()
+            );
+            Some(l)
+        }
+        None => None,
+    };
     let mut events = Events::with_capacity(8);
     let tick = if cfg.stats_interval.is_zero() {
         Duration::from_millis(200)
@@ -413,6 +480,25 @@ fn serve(cfg: &Config, start: impl FnOnce() -> io::Result<Server>) -> io::Result
         for sig in signals.pending() {
             info!("signal {sig}: shutting down (again to cut connections at once)");
             server.shutdown();
+        }
+        if events.iter().any(|e| e.token() == HANDOVER)
+            && let Some(l) = offered.as_ref()
+        {
+            while let Ok((peer, _)) = l.accept() {
+                // SAFETY: a freshly accepted descriptor that nothing else owns.
+                let peer =
+                    unsafe { std::os::unix::net::UnixStream::from_raw_fd(peer.into_raw_fd()) };
+                match handover::give(peer, &server.listener_fds()) {
+                    Ok(true) => {
+                        info!("handed the listeners over to a successor; draining");
+                        server.shutdown();
+                        offered = None;
+                        break;
+                    }
+                    Ok(false) => warn!("a successor took the listeners but did not confirm"),
+                    Err(e) => warn!("handing the listeners over failed: {e}"),
+                }
+            }
         }
         if !cfg.stats_interval.is_zero() && last_line.elapsed() >= cfg.stats_interval {
             let secs = last_line.elapsed().as_secs_f64();

@@ -65,6 +65,7 @@ SETTINGS=(
 "net.ipv4.tcp_max_syn_backlog|min|8192|65536|262144|half-open connections queued during the handshake, for connect bursts"
 "net.ipv4.ip_local_port_range|range|10000 65535|1024 65535|1024 65535|ephemeral ports per source address: bounds outgoing connections (load generators, proxies)"
 "net.ipv4.tcp_tw_reuse|eq|1|1|1|reuse TIME_WAIT ports for new outgoing connections; affects only the connecting side"
+"net.ipv4.tcp_migrate_req|eq|1|1|1|when a listener closes, move the connections in its accept queue to another listener of its SO_REUSEPORT group: restarting a server on the same address loses none"
 "net.ipv4.tcp_fin_timeout|max|30|15|10|seconds in FIN_WAIT_2: orphaned closes free their memory sooner"
 "net.core.netdev_max_backlog|min|4096|16384|65536|packets queued per CPU before the stack processes them"
 "net.ipv4.tcp_keepalive_time|max|600|300|300|seconds of silence before keep-alive probes: dead peers are found sooner"

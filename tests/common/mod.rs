@@ -22,7 +22,7 @@ impl Server {
     /// Starts `reactor` with `args` (split at spaces), on 127.0.0.1:0 and one thread
     /// unless `args` say otherwise, and waits for its "listening on" line.
     pub fn start(args: &str) -> Server {
-        Server::start_cmd(Command::new(env!("CARGO_BIN_EXE_reactor")), args)
+        Server::start_cmd(Command::new(binary()), args)
     }
 
     /// Like [`start`], running `sh -c "<prefix> exec reactor ..."` (to set limits).
@@ -31,6 +31,14 @@ impl Server {
         cmd.arg("-c")
             .arg(format!("{prefix} exec \"$0\" \"$@\""))
             .arg(env!("CARGO_BIN_EXE_reactor"));
+        Server::start_cmd(cmd, args)
+    }
+
+    /// Like [`start`], running the binary inside network namespace `ns`
+    /// (`ip netns exec`, which becomes the server: same pid, signals reach it).
+    pub fn start_in_netns(ns: &str, args: &str) -> Server {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", ns]).arg(binary());
         Server::start_cmd(cmd, args)
     }
 
@@ -228,6 +236,14 @@ pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
         resp.status,
         String::from_utf8_lossy(&resp.body).into_owned(),
     )
+}
+
+/// The server binary under test: this build's, or `REACTOR_TEST_BIN` (to run a test
+/// against an older build and see it fail).
+pub fn binary() -> std::path::PathBuf {
+    std::env::var_os("REACTOR_TEST_BIN")
+        .map(Into::into)
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_reactor").into())
 }
 
 /// Parses `key=value` counters out of a log line.
