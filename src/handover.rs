@@ -100,7 +100,7 @@ fn send_fds(s: &UnixStream, fds: &[RawFd]) -> io::Result<()> {
             fds.len()
         )));
     }
-    let bytes = size_of::<RawFd>() * fds.len();
+    let bytes = std::mem::size_of_val(fds);
     // SAFETY: CMSG_SPACE and CMSG_LEN only compute sizes.
     let (space, len) = unsafe {
         (
