@@ -4,7 +4,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -41,8 +41,9 @@ pub struct Server {
     pool: Option<Pool>,
     /// The /metrics and /health endpoint, a server of its own.
     admin: Option<Box<Server>>,
-    /// The listening sockets, for a successor (--handover).
-    listener_fds: Vec<OwnedFd>,
+    /// Copies of the listening sockets, for a successor (--handover); emptied when the
+    /// drain starts, since a copy keeps a listening socket (and its queue) alive.
+    listener_fds: Mutex<Vec<OwnedFd>>,
     /// With --takeover: the old server, waiting for word that we serve.
     takeover: Option<std::os::unix::net::UnixStream>,
 }
@@ -247,11 +248,16 @@ impl Server {
             }
         }
         let addr = listeners[0].local_addr()?;
-        // Kept to hand the listeners over to a successor (--handover).
-        let listener_fds = listeners
-            .iter()
-            .map(|l| std::os::fd::BorrowedFd::try_clone_to_owned(&l.as_fd()))
-            .collect::<io::Result<Vec<OwnedFd>>>()?;
+        // Kept to hand the listeners over to a successor (--handover), and only then:
+        // a copy keeps the listening socket open, so it is dropped when the drain starts.
+        let listener_fds = if cfg.handover.is_some() {
+            listeners
+                .iter()
+                .map(|l| std::os::fd::BorrowedFd::try_clone_to_owned(&l.as_fd()))
+                .collect::<io::Result<Vec<OwnedFd>>>()?
+        } else {
+            Vec::new()
+        };
         let mut parts = Vec::with_capacity(threads);
         for listener in listeners {
             let poll = Poll::new()?;
@@ -292,7 +298,7 @@ impl Server {
             threads: Vec::with_capacity(threads),
             pool: pool.clone(),
             admin: None,
-            listener_fds,
+            listener_fds: Mutex::new(listener_fds),
             takeover: None,
         };
         // Everything that can fail is done before the first thread starts: binding,
@@ -335,7 +341,10 @@ impl Server {
 
     /// The listening sockets, to hand over to a successor.
     pub fn listener_fds(&self) -> Vec<RawFd> {
-        self.listener_fds.iter().map(|f| f.as_raw_fd()).collect()
+        self.listener_fds
+            .lock()
+            .map(|fds| fds.iter().map(|f| f.as_raw_fd()).collect())
+            .unwrap_or_default()
     }
 
     /// The address the listeners are bound to.
@@ -370,6 +379,9 @@ impl Server {
     /// Starts a graceful shutdown: stop accepting, close idle connections, let busy ones
     /// finish until the drain timeout. Call again to cut them at once.
     pub fn shutdown(&self) {
+        if let Ok(mut fds) = self.listener_fds.lock() {
+            fds.clear();
+        }
         if self.shared.shutdown.swap(true, Ordering::AcqRel) {
             self.shared.force.store(true, Ordering::Release);
         }

@@ -42,7 +42,16 @@ impl Server {
         Server::start_cmd(cmd, args)
     }
 
-    fn start_cmd(mut cmd: Command, args: &str) -> Server {
+    /// Like [`start`], with `RUST_LOG` set to `log` (e.g. `reactor=debug`).
+    pub fn start_logging(log: &str, args: &str) -> Server {
+        Server::start_cmd_logging(Command::new(binary()), args, log)
+    }
+
+    fn start_cmd(cmd: Command, args: &str) -> Server {
+        Server::start_cmd_logging(cmd, args, "info")
+    }
+
+    fn start_cmd_logging(mut cmd: Command, args: &str, log: &str) -> Server {
         let args: Vec<&str> = args.split_whitespace().collect();
         let mut all: Vec<&str> = Vec::new();
         if !args.contains(&"--addr") {
@@ -54,7 +63,7 @@ impl Server {
         all.extend(&args);
         let mut child = cmd
             .args(&all)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", log)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
