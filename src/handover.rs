@@ -93,6 +93,26 @@ fn is_tcp_listener(fd: RawFd) -> bool {
     r == 0 && v == 1
 }
 
+/// The one byte of data that carries the descriptors (a message needs some).
+fn one_byte(b: &mut [u8; 1]) -> libc::iovec {
+    libc::iovec {
+        iov_base: b.as_mut_ptr().cast(),
+        iov_len: 1,
+    }
+}
+
+/// A message of `iov` with `control` for ancillary data. The pointers it holds must
+/// outlive its use.
+fn message(iov: &mut libc::iovec, control: &mut [u8]) -> libc::msghdr {
+    // SAFETY: all-zero is a valid msghdr (null pointers, zero lengths).
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = control.len() as _;
+    msg
+}
+
 fn send_fds(s: &UnixStream, fds: &[RawFd]) -> io::Result<()> {
     if fds.is_empty() || fds.len() > MAX_FDS {
         return Err(io::Error::other(format!(
@@ -110,18 +130,11 @@ fn send_fds(s: &UnixStream, fds: &[RawFd]) -> io::Result<()> {
     };
     let mut control = vec![0u8; space];
     let mut count = [fds.len() as u8];
-    let mut iov = libc::iovec {
-        iov_base: count.as_mut_ptr().cast(),
-        iov_len: 1,
-    };
-    // SAFETY: a zeroed msghdr is valid; every pointer set below outlives the call, and
-    // the control buffer has CMSG_SPACE bytes for one header and `fds`.
+    let mut iov = one_byte(&mut count);
+    // SAFETY: every pointer in the msghdr outlives the call, and the control buffer
+    // has CMSG_SPACE bytes for one header and `fds`.
     unsafe {
-        let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = space as _;
+        let msg = message(&mut iov, &mut control);
         let cmsg = libc::CMSG_FIRSTHDR(&msg);
         (*cmsg).cmsg_level = libc::SOL_SOCKET;
         (*cmsg).cmsg_type = libc::SCM_RIGHTS;
@@ -144,19 +157,12 @@ fn recv_fds(s: &UnixStream) -> io::Result<Vec<OwnedFd>> {
     let space = unsafe { libc::CMSG_SPACE(bytes as u32) } as usize;
     let mut control = vec![0u8; space];
     let mut count = [0u8; 1];
-    let mut iov = libc::iovec {
-        iov_base: count.as_mut_ptr().cast(),
-        iov_len: 1,
-    };
+    let mut iov = one_byte(&mut count);
     let mut fds = Vec::new();
     // SAFETY: as in send_fds; the kernel fills at most msg_controllen bytes, and every
     // descriptor it passes is new to this process, so owning it is right.
     unsafe {
-        let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = space as _;
+        let mut msg = message(&mut iov, &mut control);
         let n = libc::recvmsg(s.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC);
         if n < 0 {
             return Err(io::Error::last_os_error());

@@ -97,14 +97,22 @@ impl Load {
         }
     }
 
-    fn finish(self) -> (u64, Vec<String>) {
+    /// Stops the load and asserts that every attempt got its answer.
+    fn finish_without_loss(self, what: &str) {
         self.stop.store(true, Ordering::SeqCst);
-        let failures = self
+        let failures: Vec<String> = self
             .threads
             .into_iter()
             .flat_map(|t| t.join().unwrap())
             .collect();
-        (self.attempts.load(Ordering::SeqCst), failures)
+        let attempts = self.attempts.load(Ordering::SeqCst);
+        eprintln!("{what}: {attempts} attempts, {} failed", failures.len());
+        assert!(
+            failures.is_empty(),
+            "{what}: {} of {attempts} lost: {:?}",
+            failures.len(),
+            &failures[..failures.len().min(5)]
+        );
     }
 }
 
@@ -136,14 +144,7 @@ fn three_handovers_under_continuous_load_lose_no_connection() {
         load.wait_for(300);
         old = new;
     }
-    let (attempts, failures) = load.finish();
-    eprintln!("hand-over: {attempts} attempts, {} failed", failures.len());
-    assert!(
-        failures.is_empty(),
-        "{} of {attempts} lost: {:?}",
-        failures.len(),
-        &failures[..failures.len().min(5)]
-    );
+    load.finish_without_loss("hand-over");
     let (status, _) = old.stop();
     assert_eq!(status.code(), Some(0));
     let _ = std::fs::remove_dir_all(&dir);
@@ -221,14 +222,7 @@ fn three_reuseport_restarts_with_tcp_migrate_req_lose_no_connection() {
         load.wait_for(300);
         old = new;
     }
-    let (attempts, failures) = load.finish();
-    eprintln!("reuseport: {attempts} attempts, {} failed", failures.len());
-    assert!(
-        failures.is_empty(),
-        "{} of {attempts} lost: {:?}",
-        failures.len(),
-        &failures[..failures.len().min(5)]
-    );
+    load.finish_without_loss("reuseport");
     let (status, _) = old.stop();
     assert_eq!(status.code(), Some(0));
     let _ = std::fs::remove_file(&state);

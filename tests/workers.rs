@@ -465,7 +465,7 @@ fn error_answers_behind_a_slow_job_are_bounded_by_the_high_water_mark() {
     );
 }
 
-/// Hands every line to the pool without ever looking at its limit.
+/// Hands every line to the pool without ever looking at its limit (else [`Lines`]).
 #[derive(Clone)]
 struct Greedy;
 
@@ -482,12 +482,11 @@ impl Codec for Greedy {
         }
         d
     }
-    fn encode(&self, answer: String, out: &mut BytesMut, _: &Cx) {
-        out.extend_from_slice(answer.as_bytes());
-        out.extend_from_slice(b"\n");
+    fn encode(&self, answer: String, out: &mut BytesMut, cx: &Cx) {
+        Lines.encode(answer, out, cx)
     }
-    fn encode_failure(&self, f: Failure, out: &mut BytesMut, _: &Cx) {
-        out.extend_from_slice(format!("ERR {f}\n").as_bytes());
+    fn encode_failure(&self, f: Failure, out: &mut BytesMut, cx: &Cx) {
+        Lines.encode_failure(f, out, cx)
     }
 }
 
