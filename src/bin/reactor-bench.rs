@@ -19,6 +19,7 @@ use clap::{Parser, ValueEnum};
 use hdrhistogram::Histogram;
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
+use reactor::wire;
 use serde::Serialize;
 use slab::Slab;
 use socket2::{Domain, Socket, Type};
@@ -89,7 +90,7 @@ struct Opts {
     #[arg(long, default_value_t = 5.0)]
     timeout: f64,
     /// HTTP: the body every response must carry ("" = do not check).
-    #[arg(long, default_value = "Hello, World!")]
+    #[arg(long, default_value = std::str::from_utf8(wire::http::HELLO_BODY).unwrap_or_default())]
     http_body: String,
     /// Print the result as JSON.
     #[arg(long)]
@@ -171,14 +172,6 @@ struct Client {
     sent: u64,
     answered: u64,
     want_write: bool,
-}
-
-fn payload(seq: u64, size: usize, out: &mut Vec<u8>) {
-    let start = out.len();
-    out.extend_from_slice(&seq.to_le_bytes()[..size.min(8)]);
-    out.extend(
-        (start + size.min(8)..start + size).map(|i| b'a' + ((seq as usize + i - start) % 26) as u8),
-    );
 }
 
 struct Worker {
@@ -269,13 +262,9 @@ impl Worker {
         let seq = c.sent;
         c.sent += 1;
         match opts.protocol {
-            Proto::Echo => payload(seq, opts.size, &mut c.wbuf),
-            Proto::Http => c
-                .wbuf
-                .extend_from_slice(b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"),
-            Proto::Json => {
-                let _ = writeln!(c.wbuf, "{{\"Uid\":\"{seq}\",\"Val\":\"v{seq}\"}}");
-            }
+            Proto::Echo => wire::echo::payload(seq, opts.size, &mut c.wbuf),
+            Proto::Http => wire::http::encode_get("/", "bench", &mut c.wbuf),
+            Proto::Json => wire::json::encode(&seq.to_string(), &format!("v{seq}"), &mut c.wbuf),
         }
         c.inflight.push_back(Inflight { seq, t });
     }
@@ -330,53 +319,30 @@ impl Worker {
                         return Err("echo bytes with no request in flight".into());
                     };
                     self.expect.clear();
-                    payload(front.seq, size, &mut self.expect);
-                    if buf[..size] != self.expect[..] {
+                    wire::echo::payload(front.seq, size, &mut self.expect);
+                    if wire::echo::frame(&buf[..size], &self.expect).is_err() {
                         return Err(format!("echo payload {} corrupted", front.seq));
                     }
                     (size, None)
                 }
                 Proto::Http => {
-                    let mut headers = [httparse::EMPTY_HEADER; 32];
-                    let mut resp = httparse::Response::new(&mut headers);
-                    let head = match resp.parse(buf) {
-                        Ok(httparse::Status::Complete(n)) => n,
-                        Ok(httparse::Status::Partial) => break,
-                        Err(e) => return Err(format!("bad HTTP response: {e}")),
-                    };
-                    if resp.code != Some(200) {
-                        return Err(format!("HTTP status {:?}", resp.code));
-                    }
-                    let len = resp
-                        .headers
-                        .iter()
-                        .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-                        .and_then(|h| std::str::from_utf8(h.value).ok())
-                        .and_then(|v| v.trim().parse::<usize>().ok())
-                        .ok_or("HTTP response without a valid Content-Length")?;
-                    if buf.len() < head + len {
+                    let Some(f) = wire::http::frame(buf)? else {
                         break;
-                    }
-                    let body = &buf[head..head + len];
-                    if !self.opts.http_body.is_empty() && body != self.opts.http_body.as_bytes() {
-                        return Err(format!("HTTP body {:?}", String::from_utf8_lossy(body)));
-                    }
-                    (head + len, None)
+                    };
+                    wire::http::check(f.status, &buf[f.body], self.opts.http_body.as_bytes())?;
+                    (f.len, None)
                 }
                 Proto::Json => {
-                    let Some(nl) = buf.iter().position(|&b| b == b'\n') else {
+                    let Some((len, v)) = wire::json::frame(buf, wire::json::MAX_MESSAGE)? else {
                         break;
                     };
-                    let v: serde_json::Value = serde_json::from_slice(&buf[..nl])
-                        .map_err(|e| format!("bad JSON answer: {e}"))?;
-                    let uid = v["Uid"]
-                        .as_str()
+                    let uid = v
+                        .uid
+                        .as_deref()
                         .and_then(|u| u.parse::<u64>().ok())
-                        .ok_or_else(|| format!("JSON answer without our Uid: {v}"))?;
-                    if v["Val"].as_str() != Some(&format!("server: hello, v{uid}")) {
-                        return Err(format!("JSON answer with a wrong Val: {v}"));
-                    }
-                    (nl + 1, Some(uid))
+                        .ok_or_else(|| format!("JSON answer without our Uid: {v:?}"))?;
+                    wire::json::check(&format!("v{uid}"), &v)?;
+                    (len, Some(uid))
                 }
             };
             // Match the answer to its request: by position, or by Uid as the seed's
