@@ -82,19 +82,19 @@ pub struct Config {
     pub delay_ms: u64,
 
     /// HTTP: largest request head in bytes (431 past it).
-    #[arg(long, default_value_t = 8192)]
+    #[arg(long, default_value_t = crate::wire::http::MAX_HEADER_BYTES)]
     pub max_header_bytes: usize,
 
     /// HTTP: most header lines in a request (431 past it; at most 256).
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = crate::wire::http::MAX_HEADERS)]
     pub max_headers: usize,
 
     /// HTTP: largest request body in bytes (413 past it).
-    #[arg(long, default_value_t = 1 << 20)]
+    #[arg(long, default_value_t = crate::wire::http::MAX_BODY)]
     pub max_body: u64,
 
     /// JSON: largest message in bytes (an error line and a close past it).
-    #[arg(long, default_value_t = 64 * 1024)]
+    #[arg(long, default_value_t = crate::wire::json::MAX_MESSAGE)]
     pub max_message: usize,
 
     /// On SIGINT/SIGTERM, wait this long for requests in progress before cutting them.

@@ -21,6 +21,11 @@
 //!   `--delay-ms`.
 //! - [`protocol`]: the sans-IO [`Protocol`](protocol::Protocol) trait and the built-in
 //!   `echo`, `http` and `json` protocols.
+//! - [`wire`]: each built-in protocol's wire facts, once: constants, and the client
+//!   side (encode a request, frame and check a reply), shared by the server, the
+//!   client, reactor-bench and the tests.
+//! - [`client`]: the pooled client: one I/O thread per pool, many requests in flight
+//!   per connection, replies waited for or awaited.
 //! - [`listener`]: socket options and the open-files limit.
 //! - [`config`]: every setting and its default.
 //! - [`stats`]: the counters.
@@ -45,6 +50,7 @@
 
 mod accept;
 pub mod buffer;
+pub mod client;
 pub mod clock;
 pub mod config;
 mod conn;
@@ -61,6 +67,7 @@ pub mod service;
 mod shared;
 pub mod stats;
 pub mod timer;
+pub mod wire;
 pub mod workers;
 
 pub use config::{Config, ProtocolKind};

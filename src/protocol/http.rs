@@ -22,7 +22,7 @@ use crate::service::{Calls, Codec, Failure};
 /// The most header lines a request may carry, whatever the configuration says.
 pub const HEADER_CAP: usize = 256;
 
-const BODY: &[u8] = b"Hello, World!";
+const BODY: &[u8] = crate::wire::http::HELLO_BODY;
 
 /// The HTTP protocol and its limits.
 #[derive(Clone, Debug)]
@@ -38,9 +38,9 @@ pub struct Http {
 impl Default for Http {
     fn default() -> Self {
         Http {
-            max_header_bytes: 8192,
-            max_headers: 100,
-            max_body: 1 << 20,
+            max_header_bytes: crate::wire::http::MAX_HEADER_BYTES,
+            max_headers: crate::wire::http::MAX_HEADERS,
+            max_body: crate::wire::http::MAX_BODY,
         }
     }
 }

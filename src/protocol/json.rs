@@ -29,7 +29,7 @@ pub struct Json {
 impl Default for Json {
     fn default() -> Self {
         Json {
-            max_message: 64 * 1024,
+            max_message: crate::wire::json::MAX_MESSAGE,
         }
     }
 }
@@ -64,7 +64,11 @@ struct Hello<'a>(&'a str);
 
 impl Serialize for Hello<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&format_args!("server: hello, {}", self.0))
+        s.collect_str(&format_args!(
+            "{}{}",
+            crate::wire::json::REPLY_PREFIX,
+            self.0
+        ))
     }
 }
 
