@@ -10,9 +10,11 @@
 #   - reactor-bench --rate (open loop, no coordinated omission): p50/p99/p99.9;
 #   - server RSS (VmRSS, user space only) per connection with $IDLE_CONNS idle ones.
 #
-# Usage: benches/compare.sh [--quick] [--out FILE]
-#   --quick     short runs (2 s, 1 round, 2,000 idle connections): a smoke test
-#   --out FILE  also write the markdown table to FILE
+# Usage: benches/compare.sh [--quick] [--out FILE] [--chart FILE]
+#   --quick       short runs (2 s, 1 round, 2,000 idle connections): a smoke test
+#   --out FILE    also write the markdown table to FILE
+#   --chart FILE  the SVG chart (latency by percentile, memory per idle connection;
+#                 default docs/compare.svg; drawn by benches/chart.sh with gnuplot)
 # Environment: DURATION (s), ROUNDS, CONNS, IDLE_CONNS, RATE, SERVER_CPU, CLIENT_CPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,12 +27,14 @@ RATE=${RATE:-20000}
 SERVER_CPU=${SERVER_CPU:-0}
 CLIENT_CPU=${CLIENT_CPU:-1}
 OUT=""
+CHART=docs/compare.svg
 while [ $# -gt 0 ]; do
     case "$1" in
         --quick) DURATION=2; ROUNDS=1; IDLE_CONNS=2000; RATE=5000 ;;
         --out) OUT=${2:?--out needs a file}; shift ;;
+        --chart) CHART=${2:?--chart needs a file}; shift ;;
         -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
-        *) echo "compare.sh: unknown argument $1" >&2; sed -n '16,18p' "$0" >&2; exit 2 ;;
+        *) echo "compare.sh: unknown argument $1" >&2; sed -n '13,18p' "$0" >&2; exit 2 ;;
     esac
     shift
 done
@@ -164,7 +168,8 @@ measure() {
     # reactor-bench closed loop, then open loop at a fixed rate.
     local j
     j=$(taskset -c "$CLIENT_CPU" "$BENCH" --addr "127.0.0.1:$port" --protocol http \
-        --conns "$CONNS" --duration "$DURATION" --warmup 1 --server-pid "$SERVER_PID" --json --quiet)
+        --conns "$CONNS" --duration "$DURATION" --warmup 1 --server-pid "$SERVER_PID" --json --quiet \
+        --hdr-out "$WORK/$name.hdr")
     {
         echo "bench_rps $(jq_num "$j" requests_per_sec)"
         echo "bench_p50_ms $(jq_num "$j" p50_ms)"
@@ -252,4 +257,10 @@ row() { # label metric better(higher|lower)
     row "idle: server bytes per connection" idle_bytes_per_conn lower
 } | tee "$WORK/table.md"
 [ -n "$OUT" ] && cp "$WORK/table.md" "$OUT"
+# The last round's latency distributions, and the median memory per idle connection.
+bash benches/chart.sh "$WORK/reactor.hdr" "$WORK/nginx.hdr" \
+    "$(median idle_bytes_per_conn "$WORK/reactor.txt")" \
+    "$(median idle_bytes_per_conn "$WORK/nginx.txt")" \
+    "reactor vs nginx, $(date -u +%Y-%m-%d), one core each, $CONNS connections, ${DURATION}s" \
+    "$CHART" || log "no chart (gnuplot missing?)"
 exit 0

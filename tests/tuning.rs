@@ -422,6 +422,7 @@ fn scripts_are_shellcheck_clean() {
         "tuning/ulimit.sh",
         "benches/compare.sh",
         "benches/workers.sh",
+        "benches/chart.sh",
         "deploy/reload.sh",
         ".ci/run",
     ];

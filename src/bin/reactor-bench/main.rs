@@ -242,6 +242,11 @@ fn run(opts: &Opts) -> Report {
         closed_by_server += r.closed_by_server;
     }
     let established = shared.sum(|p| &p.established);
+    if let Some(path) = &opts.hdr_out
+        && let Err(e) = crate::report::write_distribution(path, &hist)
+    {
+        eprintln!("reactor-bench: --hdr-out {}: {e}", path.display());
+    }
     let ms = |us: u64| us as f64 / 1000.0;
     let mut report = Report {
         protocol: Some(opts.protocol),

@@ -77,6 +77,11 @@ pub(crate) struct Opts {
     /// Print the result as JSON.
     #[arg(long)]
     pub(crate) json: bool,
+    /// Also write the latency distribution to this file: one line per percentile,
+    /// `percentile latency_ms 1/(1-percentile)` (the last column is the usual x axis
+    /// of a percentile plot on a log scale).
+    #[arg(long)]
+    pub(crate) hdr_out: Option<std::path::PathBuf>,
     /// Compare with the targets (10K+ connections, 100K+ requests/s, under 100 MB at
     /// 10K connections, under 1 ms average latency); exit 3 on a miss.
     #[arg(long)]

@@ -162,6 +162,11 @@ fn drive<C: Codec>(
         failed += t.failed;
         first_error = first_error.or(t.first_error);
     }
+    if let Some(path) = &opts.hdr_out
+        && let Err(e) = crate::report::write_distribution(path, &hist)
+    {
+        eprintln!("reactor-bench: --hdr-out {}: {e}", path.display());
+    }
     let ms = |us: u64| us as f64 / 1000.0;
     let c = &stats.closed;
     let mut report = Report {

@@ -220,3 +220,23 @@ pub(crate) fn print_report(opts: &Opts, r: &Report) {
         }
     }
 }
+
+/// Writes the latency distribution of `hist` (microseconds) for plotting: percentiles
+/// from 0 to 99.9999, then the maximum.
+pub(crate) fn write_distribution(
+    path: &std::path::Path,
+    hist: &hdrhistogram::Histogram<u64>,
+) -> std::io::Result<()> {
+    use std::fmt::Write as _;
+    let mut out = String::from("# percentile latency_ms 1/(1-percentile)\n");
+    let mut ps: Vec<f64> = (0..90).step_by(10).map(f64::from).collect();
+    ps.extend([
+        90.0, 95.0, 97.5, 99.0, 99.5, 99.75, 99.9, 99.95, 99.99, 99.995, 99.999, 99.9999,
+    ]);
+    for p in ps {
+        let ms = hist.value_at_quantile(p / 100.0) as f64 / 1000.0;
+        let _ = writeln!(out, "{p} {ms:.3} {:.1}", 1.0 / (1.0 - p / 100.0));
+    }
+    let _ = writeln!(out, "# max {:.3}", hist.max() as f64 / 1000.0);
+    std::fs::write(path, out)
+}
