@@ -20,7 +20,10 @@ fn http_round_trip_and_keep_alive() {
         assert!(resp.headers["date"].ends_with(" GMT"), "{:?}", resp.headers);
         assert!(!resp.headers.contains_key("connection"));
     }
-    send(&mut w, b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n");
+    send(
+        &mut w,
+        b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
     let resp = read_response(&mut r);
     assert_eq!(resp.headers["connection"], "close");
     let mut rest = Vec::new();
@@ -39,10 +42,11 @@ fn pipelined_requests_are_answered_in_order() {
     let mut batch = Vec::new();
     for i in 0..200 {
         match i % 3 {
-            0 => batch.extend_from_slice(b"GET / HTTP/1.1\r\n\r\n"),
-            1 => batch
-                .extend_from_slice(b"POST /p HTTP/1.1\r\nContent-Length: 11\r\n\r\nhello world"),
-            _ => batch.extend_from_slice(b"HEAD / HTTP/1.1\r\n\r\n"),
+            0 => batch.extend_from_slice(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"),
+            1 => batch.extend_from_slice(
+                b"POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: 11\r\n\r\nhello world",
+            ),
+            _ => batch.extend_from_slice(b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n"),
         }
     }
     send(&mut w, &batch);
@@ -185,12 +189,27 @@ fn malformed_requests_get_their_status_while_another_connection_is_served() {
     let cases: &[(&[u8], u16)] = &[
         (b"NOT HTTP AT ALL\r\n\r\n", 400),
         (b"GET / HTTP/1.1\r\nHost x\r\n\r\n", 400),
-        (b"GET / HTTP/1.1\r\nContent-Length: -1\r\n\r\n", 400),
-        (b"POST / HTTP/1.1\r\nContent-Length: 101\r\n\r\n", 413),
-        (b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n", 501),
+        (
+            b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n",
+            400,
+        ),
+        (
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 101\r\n\r\n",
+            413,
+        ),
+        (
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n",
+            501,
+        ),
     ];
-    let long_header = format!("GET / HTTP/1.1\r\nX-Long: {}\r\n\r\n", "a".repeat(2000));
-    let many_headers = format!("GET / HTTP/1.1\r\n{}\r\n", "A: b\r\n".repeat(150));
+    let long_header = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nX-Long: {}\r\n\r\n",
+        "a".repeat(2000)
+    );
+    let many_headers = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\n{}\r\n",
+        "A: b\r\n".repeat(150)
+    );
     let mut all: Vec<(Vec<u8>, u16)> = cases.iter().map(|(b, s)| (b.to_vec(), *s)).collect();
     all.push((long_header.into_bytes(), 431));
     all.push((many_headers.into_bytes(), 431));
@@ -208,7 +227,7 @@ fn malformed_requests_get_their_status_while_another_connection_is_served() {
         );
         assert_eq!(resp.headers["connection"], "close");
         // The other connection is undisturbed.
-        send(&mut gw, b"GET / HTTP/1.1\r\n\r\n");
+        send(&mut gw, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
         let ok = read_response(&mut gr);
         assert_eq!((ok.status, &ok.body[..]), (200, &b"Hello, World!"[..]));
     }

@@ -11,7 +11,7 @@ fn sigterm_during_a_delayed_request_still_delivers_it_before_exit_0() {
     let c = connect(srv.addr);
     let mut w = c.try_clone().unwrap();
     let mut r = BufReader::new(c);
-    send(&mut w, b"GET / HTTP/1.1\r\n\r\n");
+    send(&mut w, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
     srv.signal(libc::SIGTERM);
     let resp = read_response(&mut r);
     assert_eq!((resp.status, &resp.body[..]), (200, &b"Hello, World!"[..]));

@@ -10,7 +10,7 @@ fn idle_connection_is_closed_after_timeout() {
     let srv = Server::start("--protocol http --idle-timeout 300ms");
     let mut c = connect(srv.addr);
     // A completed request, then silence.
-    send(&mut c, b"GET / HTTP/1.1\r\n\r\n");
+    send(&mut c, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
     let (got, closed) = read_to_close(&mut c);
     assert!(closed, "the idle connection was closed");
     assert!(got.starts_with(b"HTTP/1.1 200 OK"));

@@ -7,9 +7,12 @@
 //! 400 for a malformed head or `Content-Length`, 431 for a head over the byte or header
 //! count limit, 413 for a body over `max_body`. A chunked body is read and discarded too,
 //! chunk by chunk with its trailers, and answered once it is complete (its size is not
-//! known up front, so `max_body` is checked as it goes). A transfer coding other than
-//! chunked gets 501, and `Transfer-Encoding` together with `Content-Length` gets 400 (the
-//! ambiguity request smuggling lives on).
+//! known up front, so `max_body` is checked as it goes); a chunk-size line that is not
+//! hex digits (then optional extensions) or whose size overflows a u64 gets 400. A
+//! transfer coding other than chunked gets 501, and `Transfer-Encoding` together with
+//! `Content-Length`, or in an HTTP/1.0 request, gets 400 (the ambiguities request
+//! smuggling lives on). So does an HTTP/1.1 request without a `Host` header, or any
+//! request with more than one (RFC 9112 section 3.2).
 
 use std::convert::Infallible;
 use std::mem::MaybeUninit;
@@ -97,6 +100,7 @@ impl Http {
         let mut length: Option<u64> = None;
         let mut chunked = None;
         let mut expect = false;
+        let mut hosts = 0;
         if req.headers.len() > self.max_headers {
             return Head::Error(H431);
         }
@@ -122,6 +126,8 @@ impl Http {
                         keep_alive = true;
                     }
                 }
+            } else if h.name.eq_ignore_ascii_case("host") {
+                hosts += 1;
             } else if h.name.eq_ignore_ascii_case("expect") {
                 if !h.value.eq_ignore_ascii_case(b"100-continue") {
                     return Head::Error(H417);
@@ -129,7 +135,14 @@ impl Http {
                 expect = true;
             }
         }
+        // RFC 9112 section 3.2: an HTTP/1.1 request needs a Host, and no request may
+        // carry two.
+        if hosts > 1 || (hosts == 0 && !v10) {
+            return Head::Error(H400);
+        }
         match (chunked, length) {
+            // Section 6.1: Transfer-Encoding in HTTP/1.0 is faulty framing.
+            (Some(_), _) if v10 => return Head::Error(H400),
             (Some(_), Some(_)) => return Head::Error(H400),
             (Some(false), None) => return Head::Error(H501),
             _ => {}
@@ -205,12 +218,47 @@ enum Step {
 /// Longest chunk-size line (with extensions) accepted.
 const CHUNK_LINE_MAX: usize = 1024;
 
+/// Parses a chunk-size line (RFC 9112 section 7.1): at least one hex digit, then
+/// optional whitespace and `;` extensions (ignored), then CRLF. Returns the line's
+/// length and the size, `None` while the line is incomplete, `Err` if it is malformed
+/// or the size does not fit a u64.
+///
+/// Not httparse's `parse_chunk_size`, which reads a line with no digits at all (`\r\n`,
+/// `;ext\r\n`) as size 0, the last chunk, and so ends a body where the peer did not.
+fn parse_chunk_size(line: &[u8]) -> Result<Option<(usize, u64)>, ()> {
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    if digits == 0 {
+        return if line.is_empty() { Ok(None) } else { Err(()) };
+    }
+    let mut size = 0u64;
+    for &b in &line[..digits] {
+        let d = (b as char).to_digit(16).ok_or(())?;
+        size = size.checked_mul(16).ok_or(())? | u64::from(d);
+    }
+    let mut i = digits;
+    while let Some(b' ' | b'\t') = line.get(i) {
+        i += 1;
+    }
+    if line.get(i) == Some(&b';') {
+        // Extensions: anything up to the CR.
+        i += line[i..]
+            .iter()
+            .position(|&b| b == b'\r')
+            .unwrap_or(line.len() - i);
+    }
+    match line.get(i..i + 2) {
+        Some(b"\r\n") => Ok(Some((i + 2, size))),
+        None if line.len() - i < 2 && line[i..].iter().all(|&b| b == b'\r') => Ok(None),
+        _ => Err(()),
+    }
+}
+
 impl Http {
     fn chunked(&self, st: &mut HttpState, rest: &[u8]) -> Step {
         match st.chunk {
             Chunk::Off | Chunk::Data => Step::More,
-            Chunk::Size => match httparse::parse_chunk_size(rest) {
-                Ok(httparse::Status::Complete((n, size))) => {
+            Chunk::Size => match parse_chunk_size(rest) {
+                Ok(Some((n, size))) => {
                     st.chunked_total = st.chunked_total.saturating_add(size);
                     if st.chunked_total > self.max_body {
                         return Step::Error(H413);
@@ -223,7 +271,7 @@ impl Http {
                     }
                     Step::Ate(n)
                 }
-                Ok(httparse::Status::Partial) if rest.len() <= CHUNK_LINE_MAX => Step::More,
+                Ok(None) if rest.len() <= CHUNK_LINE_MAX => Step::More,
                 _ => Step::Error(H400),
             },
             Chunk::DataEnd => match rest {
@@ -463,8 +511,8 @@ mod tests {
 
     #[test]
     fn pipelined_requests_split_at_every_byte_give_the_same_answers() {
-        let input = b"GET / HTTP/1.1\r\nHost: a\r\n\r\nPOST /x HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello\
-POST /c HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n3;ext=1\r\nabc\r\n0\r\nX-Trailer: t\r\n\r\n\
+        let input = b"GET / HTTP/1.1\r\nHost: a\r\n\r\nPOST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello\
+POST /c HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n3;ext=1\r\nabc\r\n0\r\nX-Trailer: t\r\n\r\n\
 GET /y HTTP/1.1\r\nHost: b\r\n\r\n";
         let (whole, next, n) = run(&Http::default(), input, input.len());
         assert_eq!((next, n), (Next::NeedMore, 4));
@@ -495,7 +543,7 @@ GET /y HTTP/1.1\r\nHost: b\r\n\r\n";
     fn connection_close_is_honoured_and_head_has_no_body() {
         let (out, next, _) = run(
             &Http::default(),
-            b"HEAD / HTTP/1.1\r\nConnection: close\r\n\r\n",
+            b"HEAD / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
             100,
         );
         assert_eq!(next, Next::Close);
@@ -511,42 +559,42 @@ GET /y HTTP/1.1\r\nHost: b\r\n\r\n";
             max_body: 10,
         };
         let cases: &[(&[u8], &[u8])] = &[
-            (b"GET / HTTP/1.1\r\nBad Header\r\n\r\n", b"HTTP/1.1 400 "),
+            (b"GET / HTTP/1.1\r\nHost: a\r\nBad Header\r\n\r\n", b"HTTP/1.1 400 "),
             (b"\x16\x03\x01garbage\r\n\r\n", b"HTTP/1.1 400 "),
             (
-                b"GET / HTTP/1.1\r\nContent-Length: x\r\n\r\n",
+                b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: x\r\n\r\n",
                 b"HTTP/1.1 400 ",
             ),
             (
-                b"GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+                b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
                 b"HTTP/1.1 400 ",
             ),
             (
-                b"GET / HTTP/1.1\r\nContent-Length: 11\r\n\r\n",
+                b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 11\r\n\r\n",
                 b"HTTP/1.1 413 ",
             ),
             (
-                b"GET / HTTP/1.1\r\na: 1\r\nb: 2\r\nc: 3\r\nd: 4\r\n\r\n",
+                b"GET / HTTP/1.1\r\nHost: a\r\na: 1\r\nb: 2\r\nc: 3\r\nd: 4\r\n\r\n",
                 b"HTTP/1.1 431 ",
             ),
             (
-                b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n",
+                b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n",
                 b"HTTP/1.1 501 ",
             ),
             (
-                b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
+                b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
                 b"HTTP/1.1 400 ",
             ),
             (
-                b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+                b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
                 b"HTTP/1.1 400 ",
             ),
             (
-                b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcX",
+                b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcX",
                 b"HTTP/1.1 400 ",
             ),
             (
-                b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n6\r\nabcdef\r\n6\r\n",
+                b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n6\r\nabcdef\r\n6\r\n",
                 b"HTTP/1.1 413 ",
             ),
         ];
@@ -566,6 +614,140 @@ GET /y HTTP/1.1\r\nHost: b\r\n\r\n";
         assert_eq!(next, Next::Close);
     }
 
+    /// Runs `input` whole and split at every byte, through the inline protocol and the
+    /// pooled codec, and checks that every run gives `want` (a status line prefix) and
+    /// closes, and that the codec hands nothing to the pool.
+    fn assert_rejected(p: &Http, input: &[u8], want: &[u8]) {
+        let show = || String::from_utf8_lossy(input).into_owned();
+        for step in 1..=input.len() {
+            let (out, next, _) = run(p, input, step);
+            assert!(
+                out.starts_with(want),
+                "{:?} (step {step}) -> {:?}",
+                show(),
+                String::from_utf8_lossy(&out)
+            );
+            assert_eq!(count(&out, b"HTTP/1.1 "), 1, "{:?}", show());
+            assert_eq!(next, Next::Close, "{:?} (step {step})", show());
+        }
+        let clock = Clock::default();
+        let cx = Cx::new(&clock);
+        let mut out = BytesMut::new();
+        let mut calls = Vec::new();
+        let d = HttpCodec(p.clone()).decode(
+            &mut HttpState::default(),
+            input,
+            &mut Calls::new(&mut out, &mut calls),
+            &cx,
+        );
+        assert!(out.starts_with(want), "codec: {:?}", show());
+        assert!(calls.is_empty(), "codec: {:?}", show());
+        assert_eq!((d.next, d.errors), (Next::Close, 1), "codec: {:?}", show());
+    }
+
+    #[test]
+    fn http11_needs_exactly_one_host_and_any_request_at_most_one() {
+        let p = Http::default();
+        for input in [
+            b"GET / HTTP/1.1\r\n\r\n".as_slice(),
+            b"GET / HTTP/1.1\r\nUser-Agent: x\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+            b"GET / HTTP/1.1\r\nhost: a\r\nHOST: a\r\n\r\n",
+            b"GET / HTTP/1.0\r\nHost: a\r\nHost: a\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello",
+        ] {
+            assert_rejected(&p, input, b"HTTP/1.1 400 ");
+        }
+        // One Host, any case; HTTP/1.0 needs none.
+        for input in [
+            b"GET / HTTP/1.1\r\nhOsT: a\r\n\r\n".as_slice(),
+            b"GET / HTTP/1.1\r\nHost:\r\n\r\n",
+            b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+            b"GET / HTTP/1.0\r\nHost: a\r\nConnection: keep-alive\r\n\r\n",
+        ] {
+            let (out, next, n) = run(&p, input, input.len());
+            assert_eq!(
+                (next, n),
+                (Next::NeedMore, 1),
+                "{:?}",
+                String::from_utf8_lossy(input)
+            );
+            assert_eq!(count(&out, b" 200 OK\r\n"), 1);
+        }
+    }
+
+    #[test]
+    fn transfer_encoding_in_http10_is_faulty_framing() {
+        let p = Http::default();
+        for input in [
+            b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".as_slice(),
+            b"POST / HTTP/1.0\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+            b"POST / HTTP/1.0\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            b"POST / HTTP/1.0\r\nTransfer-Encoding: gzip\r\n\r\n",
+            b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\nhello",
+        ] {
+            assert_rejected(&p, input, b"HTTP/1.1 400 ");
+        }
+    }
+
+    #[test]
+    fn a_chunk_size_line_needs_hex_digits_and_a_size_that_fits() {
+        let p = Http::default();
+        let head = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n";
+        for body in [
+            b";ext\r\n\r\n".as_slice(),
+            b"\r\n\r\n",
+            b"\r\n",
+            b"xyz\r\n",
+            b" \r\n\r\n",
+            b" 0\r\n\r\n",
+            b"\t;a=b\r\n\r\n",
+            b"5\r\nhello\r\n;ext\r\n\r\n",
+            b"5\r\nhello\r\n\r\n\r\n",
+            b"-5\r\nhello\r\n0\r\n\r\n",
+            b"0x5\r\nhello\r\n0\r\n\r\n",
+            b"5 5\r\nhello\r\n0\r\n\r\n",
+            b"5\nhello\r\n0\r\n\r\n",
+            b"5\r\rhello\r\n0\r\n\r\n",
+            // 2^64: one past u64, with and without leading zeros.
+            b"10000000000000000\r\n",
+            b"0010000000000000000\r\n",
+            b"fffffffffffffffff\r\n",
+        ] {
+            assert_rejected(&p, &[head.as_slice(), body].concat(), b"HTTP/1.1 400 ");
+        }
+        // Sizes with extensions, whitespace before them, upper-case hex and leading
+        // zeros are fine.
+        let p = Http {
+            max_body: u64::MAX,
+            ..Http::default()
+        };
+        for body in [
+            b"5;ext\r\nhello\r\n0\r\n\r\n".as_slice(),
+            b"5 ;a=b;c=\"d\"\r\nhello\r\n0;x\r\n\r\n",
+            b"5\t\r\nhello\r\n00\r\n\r\n",
+            b"0000000000000000005\r\nhello\r\nA\r\n0123456789\r\n0\r\n\r\n",
+        ] {
+            let input = [head.as_slice(), body].concat();
+            for step in 1..=input.len() {
+                let (out, next, n) = run(&p, &input, step);
+                assert_eq!(
+                    (next, n, count(&out, b" 200 OK\r\n")),
+                    (Next::NeedMore, 1, 1),
+                    "{:?} (step {step})",
+                    String::from_utf8_lossy(body)
+                );
+            }
+        }
+        // The largest size is accepted (and then limited by max_body).
+        let input = [head.as_slice(), b"ffffffffffffffff\r\n"].concat();
+        let (out, next, _) = run(&Http::default(), &input, input.len());
+        assert!(out.starts_with(b"HTTP/1.1 413 "));
+        assert_eq!(next, Next::Close);
+        let (out, next, n) = run(&p, &input, input.len());
+        assert_eq!((out.len(), next, n), (0, Next::NeedMore, 0));
+    }
+
     #[test]
     fn error_responses_have_correct_content_length() {
         for r in [H400, H413, H417, H431, H500, H501, H503] {
@@ -581,9 +763,9 @@ GET /y HTTP/1.1\r\nHost: b\r\n\r\n";
 
     #[test]
     fn a_large_body_is_discarded_across_reads() {
-        let mut input = b"POST / HTTP/1.1\r\nContent-Length: 100000\r\n\r\n".to_vec();
+        let mut input = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 100000\r\n\r\n".to_vec();
         input.extend(std::iter::repeat_n(b'z', 100_000));
-        input.extend_from_slice(b"GET / HTTP/1.1\r\n\r\n");
+        input.extend_from_slice(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
         let p = Http {
             max_body: 1 << 20,
             ..Http::default()
@@ -598,7 +780,7 @@ GET /y HTTP/1.1\r\nHost: b\r\n\r\n";
         let clock = Clock::default();
         let mut cx = Cx::new(&clock);
         cx.max_requests = 1;
-        let input = b"GET / HTTP/1.1\r\n\r\nGET / HTTP/1.1\r\n\r\n";
+        let input = b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n";
         let mut st = HttpState::default();
         let mut out = BytesMut::new();
         let d = Http::default().decode(&mut st, input, &mut out, &cx);

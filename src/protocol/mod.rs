@@ -227,8 +227,8 @@ mod tests {
             },
             &[
                 b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
-                b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello",
-                b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nT: 1\r\n\r\n",
+                b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello",
+                b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nT: 1\r\n\r\n",
                 b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
             ],
         );
