@@ -413,18 +413,26 @@ fn json_known(p: &Json, whole: &Outcome, split: &Outcome) -> bool {
             .starts_with(&split.output[..split.output.len() - TOO_LONG.len()])
 }
 
-/// Merges reads so that none ends right after a bare JSON scalar (a number, `true`,
-/// `false`, `null`) with a byte other than a delimiter next, which the known JSON bug 1
-/// (fuzz/regressions.md) answers as a complete message.
+/// Merges reads so that none ends right after a `-`, `+`, `.`, `e` or `E`, nor after
+/// another letter or digit with a byte other than a delimiter next: the known JSON bugs
+/// 1 (a bare number or literal at the end of a read is answered as complete) and 6 (a
+/// number cut after `-`, `.`, `e` or `+` is invalid JSON) of fuzz/regressions.md.
 pub fn keep_scalars_whole(reads: &[usize], input: &[u8]) -> Vec<usize> {
     let ends_value = |b: u8| {
-        b.is_ascii_whitespace() || matches!(b, b'"' | b'[' | b']' | b'{' | b'}' | b',' | b':')
+        matches!(
+            b,
+            b' ' | b'\t' | b'\n' | b'\r' | b'"' | b'[' | b']' | b'{' | b'}' | b',' | b':'
+        )
     };
+    let in_number = |b: u8| matches!(b, b'-' | b'+' | b'.' | b'e' | b'E');
     let mut merged = Vec::new();
     let (mut start, mut end) = (0, 0);
     for &n in reads {
         end += n;
-        if end < input.len() && input[end - 1].is_ascii_alphanumeric() && !ends_value(input[end]) {
+        if end < input.len()
+            && (in_number(input[end - 1])
+                || input[end - 1].is_ascii_alphanumeric() && !ends_value(input[end]))
+        {
             continue;
         }
         merged.push(end - start);
