@@ -1,0 +1,12 @@
+//! HTTP decoder (inline `Http` and pooled `HttpCodec`): the bytes after the plan are a
+//! client's byte stream, fed in the plan's reads under its limits. See `reactor_fuzz`.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use reactor_fuzz::Plan;
+
+fuzz_target!(|data: &[u8]| {
+    if let Some((plan, input)) = Plan::split(data) {
+        reactor_fuzz::http(&plan, input);
+    }
+});
