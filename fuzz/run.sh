@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Fuzzes each target for SECONDS, one after the other:
 #
-#   fuzz/run.sh SECONDS [TARGET...]      (targets: http json chunked; all by default)
+#   fuzz/run.sh SECONDS [TARGET...]      (targets: http json chunked proxy; all by default)
 #
 # Installs cargo-fuzz if it is missing (a nightly toolchain must be there already),
 # builds the targets, seeds each corpus from fuzz/seeds/TARGET, then runs
@@ -21,7 +21,7 @@ if ! [[ $secs =~ ^[1-9][0-9]*$ ]]; then
 fi
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-    targets=(http json chunked)
+    targets=(http json chunked proxy)
 fi
 extra=()
 read -r -a extra <<<"${FUZZ_ARGS:-}"

@@ -258,6 +258,9 @@ impl Http {
         match st.chunk {
             Chunk::Off | Chunk::Data => Step::More,
             Chunk::Size => match parse_chunk_size(rest) {
+                // A whole line is held to the same limit as a partial one, or the
+                // answer would depend on how the line was split into reads.
+                Ok(Some((n, _))) if n > CHUNK_LINE_MAX => Step::Error(H400),
                 Ok(Some((n, size))) => {
                     st.chunked_total = st.chunked_total.saturating_add(size);
                     if st.chunked_total > self.max_body {
@@ -287,6 +290,7 @@ impl Http {
                     st.chunk = Chunk::Off;
                     Step::Done(2)
                 }
+                Some(line) if line + 2 > self.max_header_bytes => Step::Error(H431),
                 Some(line) => Step::Ate(line + 2),
                 None if rest.len() > self.max_header_bytes => Step::Error(H431),
                 None => Step::More,
@@ -418,9 +422,13 @@ impl Http {
                 }
                 let mut headers = [const { MaybeUninit::<httparse::Header>::uninit() }; HEADER_CAP];
                 let mut req = httparse::Request::new(&mut []);
-                match req.parse_with_uninit_headers(rest, &mut headers) {
+                // Judge the head by its first max_header_bytes + 1 bytes only, whatever
+                // else has arrived: then the answer (400 or 431) does not depend on how
+                // the peer's bytes were split into reads (found by fuzzing).
+                let head = &rest[..rest.len().min(self.max_header_bytes + 1)];
+                match req.parse_with_uninit_headers(head, &mut headers) {
                     Ok(httparse::Status::Partial) => {
-                        if rest.len() > self.max_header_bytes {
+                        if head.len() > self.max_header_bytes {
                             H431
                         } else {
                             return d;
@@ -790,5 +798,63 @@ GET /y HTTP/1.1\r\nHost: b\r\n\r\n";
             (d2.requests, d2.next, d.consumed + d2.consumed),
             (1, Next::NeedMore, input.len())
         );
+    }
+
+    // Regressions found by fuzzing (fuzz/regressions.md): the answer must not depend
+    // on how the peer's bytes were split into reads.
+    #[test]
+    fn fuzz_r2_an_oversized_head_gets_one_status_however_split() {
+        let p = Http {
+            max_header_bytes: 64,
+            ..Http::default()
+        };
+        let input = [&[b'z'; 65][..], b"\xff"].concat();
+        let (whole, next, _) = run(&p, &input, input.len());
+        assert_eq!(next, Next::Close);
+        for step in 1..input.len() {
+            let (out, next, _) = run(&p, &input, step);
+            assert_eq!(
+                (String::from_utf8_lossy(&out), next),
+                (String::from_utf8_lossy(&whole), Next::Close),
+                "step {step}"
+            );
+        }
+    }
+
+    #[test]
+    fn fuzz_r3_a_long_chunk_size_line_is_refused_however_split() {
+        let mut input =
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n1;".to_vec();
+        input.extend(std::iter::repeat_n(b'e', 1100));
+        input.extend_from_slice(b"\r\na\r\n0\r\n\r\n");
+        for step in [input.len(), 1, 7, 512] {
+            let (out, next, _) = run(&Http::default(), &input, step);
+            assert!(
+                out.starts_with(b"HTTP/1.1 400 ") && next == Next::Close,
+                "step {step}: {}",
+                String::from_utf8_lossy(&out)
+            );
+        }
+    }
+
+    #[test]
+    fn fuzz_r4_a_long_trailer_line_is_refused_however_split() {
+        let p = Http {
+            max_header_bytes: 64,
+            ..Http::default()
+        };
+        let mut input =
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n0\r\nX: "
+                .to_vec();
+        input.extend(std::iter::repeat_n(b't', 80));
+        input.extend_from_slice(b"\r\n\r\n");
+        for step in [input.len(), 1, 7, 64] {
+            let (out, next, _) = run(&p, &input, step);
+            assert!(
+                out.starts_with(b"HTTP/1.1 431 ") && next == Next::Close,
+                "step {step}: {}",
+                String::from_utf8_lossy(&out)
+            );
+        }
     }
 }

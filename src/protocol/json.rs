@@ -230,6 +230,10 @@ impl Json {
             if d.at_limit(cx, out.out()) {
                 return d;
             }
+            // Judge a message by its first max_message + 1 bytes only: a syntax error
+            // past the limit must read as "message too long" however the bytes were
+            // split into reads, as it does when they come one by one (found by fuzzing).
+            let rest = &rest[..rest.len().min(self.max_message.saturating_add(1))];
             if f.at as usize > rest.len() {
                 // Not the input scanned last time (which is always offered again).
                 *f = Framer::default();
@@ -1255,6 +1259,55 @@ mod tests {
             assert_eq!(next, Next::Close);
             assert_eq!(lines.len(), 1);
             assert_eq!(lines[0]["error"], "message too long");
+        }
+    }
+
+    // Regressions found by fuzzing (fuzz/regressions.md): the answer must not depend
+    // on how the peer's bytes were split into reads.
+    #[test]
+    fn fuzz_r1_a_bare_scalar_split_across_reads_is_one_message() {
+        for input in [&b"12\n"[..], b"truex\n", b"3\x0c\n"] {
+            let whole = run(&Json::default(), input, input.len());
+            for step in 1..input.len() {
+                assert_eq!(
+                    run(&Json::default(), input, step),
+                    whole,
+                    "{:?} step {step}",
+                    String::from_utf8_lossy(input)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn fuzz_r6_a_message_split_inside_a_number_is_answered() {
+        for input in [
+            &br#"{"Uid":"1","Val":"a","X":-1}"#[..],
+            br#"{"Uid":"1","Val":"a","X":1.5}"#,
+            br#"{"Uid":"1","Val":"a","X":1e+5}"#,
+        ] {
+            for step in 1..=input.len() {
+                let (lines, next) = run(&Json::default(), input, step);
+                assert_eq!(next, Next::NeedMore);
+                assert_eq!(lines.len(), 1);
+                assert_eq!(
+                    lines[0]["Uid"],
+                    "1",
+                    "{} step {step}: {}",
+                    String::from_utf8_lossy(input),
+                    lines[0]
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn fuzz_r5_an_oversized_bad_message_gets_one_answer_however_split() {
+        let p = Json { max_message: 16 };
+        let input = b"[1,2,3,4,5,6,7,8,9,0 x\n";
+        let whole = run(&p, input, input.len());
+        for step in 1..input.len() {
+            assert_eq!(run(&p, input, step), whole, "step {step}");
         }
     }
 }
