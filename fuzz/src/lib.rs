@@ -87,6 +87,7 @@ impl Plan {
             clock,
             out_limit: self.out_limit,
             max_requests: self.max_requests,
+            draining: false,
         }
     }
 }
