@@ -21,6 +21,8 @@
 //!   `--delay-ms`.
 //! - [`protocol`]: the sans-IO [`Protocol`](protocol::Protocol) trait and the built-in
 //!   `echo`, `http` and `json` protocols.
+//! - [`tls`]: TLS around any protocol with rustls's unbuffered API: an idle TLS
+//!   connection holds its session state and no buffer.
 //! - [`listener`]: socket options and the open-files limit.
 //! - [`config`]: every setting and its default.
 //! - [`stats`]: the counters.
@@ -61,6 +63,7 @@ pub mod service;
 mod shared;
 pub mod stats;
 pub mod timer;
+pub mod tls;
 pub mod workers;
 
 pub use config::{Config, ProtocolKind};
