@@ -662,7 +662,7 @@ impl<H: Handler> ConnIo<H> {
             && out.len() > tls.enc
         {
             // Encrypt the answers appended since the last write.
-            tls.process(&mut [], out, &mut [], &mut self.segment, false)
+            tls.encrypt_pending(out, &mut self.segment, false)
                 .map_err(|_| Close::Error)?;
         }
         if let Some(out) = conn.output.as_mut() {
@@ -811,7 +811,8 @@ impl<H: Handler> ConnIo<H> {
                 log::debug!("TLS: {e}");
                 // Tell the peer why, best-effort, before the close.
                 self.segment.clear();
-                tls.pending_alert(&mut self.segment);
+                let from = tls.err_consumed.min(held + raw);
+                tls.pending_alert(&mut ct[from..held + raw], &mut self.segment);
                 if !self.segment.is_empty() {
                     let _ = conn.sock.write(&self.segment);
                 }
@@ -893,9 +894,6 @@ impl<H: Handler> ConnIo<H> {
     fn close_tls(&mut self, conn: &mut Conn<H::State>, tls: &mut Tls, why: Close) {
         let s = &mut self.stats;
         s.tls_open = s.tls_open.saturating_sub(1);
-        if let Some(b) = tls.held.take() {
-            self.pool.put(b);
-        }
         if tls.handshaking {
             match why {
                 Close::Tls(HandshakeFailure::NotTls) => s.tls_fail_not_tls += 1,
@@ -908,6 +906,9 @@ impl<H: Handler> ConnIo<H> {
             }
         } else if why != Close::Error && conn.output.is_none() {
             send_close_notify(tls, &mut conn.sock, &mut self.segment);
+        }
+        if let Some(b) = tls.held.take() {
+            self.pool.put(b);
         }
     }
 
@@ -960,7 +961,7 @@ fn send_close_notify(tls: &mut Tls, sock: &mut mio::net::TcpStream, tmp: &mut Ve
         return;
     }
     let mut out = BytesMut::new();
-    if tls.process(&mut [], &mut out, &mut [], tmp, true).is_ok() && !out.is_empty() {
+    if tls.encrypt_pending(&mut out, tmp, true).is_ok() && !out.is_empty() {
         let _ = sock.write(&out);
     }
 }

@@ -175,6 +175,8 @@ pub struct Tls {
     pub fresh: bool,
     pub handshaking: bool,
     pub close_sent: bool,
+    /// After an error from [`Tls::process`]: the input bytes it had used up.
+    pub err_consumed: usize,
 }
 
 /// What [`Tls::process`] did.
@@ -197,6 +199,7 @@ impl Tls {
             fresh: true,
             handshaking: true,
             close_sent: false,
+            err_consumed: 0,
         })
     }
 
@@ -220,7 +223,11 @@ impl Tls {
             let discard = status.discard;
             let state = match status.state {
                 Ok(s) => s,
-                Err(e) => return Err(e),
+                Err(e) => {
+                    done.consumed += discard;
+                    self.err_consumed = done.consumed;
+                    return Err(e);
+                }
             };
             let mut stop = false;
             match state {
@@ -306,11 +313,35 @@ impl Tls {
         Ok(done)
     }
 
+    /// [`Tls::process`] with no new input, to encrypt answers (and close_notify with
+    /// `close`). rustls may still track a handshake message split over records in the
+    /// held partial input, so that (and nothing else) is what it is given: the
+    /// unbuffered API requires the bytes it has not discarded to be passed again.
+    pub fn encrypt_pending(
+        &mut self,
+        out: &mut BytesMut,
+        tmp: &mut Vec<u8>,
+        close: bool,
+    ) -> Result<(), rustls::Error> {
+        let mut held = self.held.take();
+        let buf: &mut [u8] = match held.as_mut() {
+            Some(b) => &mut b[..],
+            None => &mut [],
+        };
+        let r = self.process(buf, out, &mut [], tmp, close);
+        if let (Ok(done), Some(b)) = (&r, held.as_mut()) {
+            bytes::Buf::advance(b, done.consumed);
+        }
+        self.held = held;
+        r.map(|_| ())
+    }
+
     /// After an error: the alert rustls queued for the peer, if any, to write
-    /// best-effort before closing.
-    pub fn pending_alert(&mut self, out: &mut Vec<u8>) {
+    /// best-effort before closing. `incoming` is the input given to the failed
+    /// [`Tls::process`] from `err_consumed` on.
+    pub fn pending_alert(&mut self, incoming: &mut [u8], out: &mut Vec<u8>) {
         for _ in 0..4 {
-            let status = self.conn.process_tls_records(&mut []);
+            let status = self.conn.process_tls_records(incoming);
             match status.state {
                 Ok(ConnectionState::EncodeTlsData(mut e)) => {
                     let mut buf = [0u8; 256];
