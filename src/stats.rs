@@ -103,7 +103,10 @@ impl Counters {
 impl Counters {
     /// TLS handshakes that did not complete, whatever the reason.
     pub fn tls_handshake_failures(&self) -> u64 {
-        self.tls_fail_not_tls + self.tls_fail_protocol + self.tls_fail_timeout + self.tls_fail_closed
+        self.tls_fail_not_tls
+            + self.tls_fail_protocol
+            + self.tls_fail_timeout
+            + self.tls_fail_closed
     }
 }
 

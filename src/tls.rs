@@ -219,7 +219,9 @@ impl Tls {
         let mut done = Processed::default();
         // Bounded: every state below either makes progress or ends the loop.
         for _ in 0..1024 {
-            let status = self.conn.process_tls_records(&mut incoming[done.consumed..]);
+            let status = self
+                .conn
+                .process_tls_records(&mut incoming[done.consumed..]);
             let discard = status.discard;
             let state = match status.state {
                 Ok(s) => s,

@@ -48,20 +48,53 @@ impl Certs {
             "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
         )
         .unwrap();
-        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
         let mut ca = vec!["req", "-x509"];
         ca.extend(ec);
         ca.extend([
-            "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=reactor test CA",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=reactor test CA",
         ]);
         run(&ca);
         let mut leaf = vec!["req"];
         leaf.extend(ec);
-        leaf.extend(["-keyout", "key.pem", "-out", "leaf.csr", "-subj", "/CN=localhost"]);
+        leaf.extend([
+            "-keyout",
+            "key.pem",
+            "-out",
+            "leaf.csr",
+            "-subj",
+            "/CN=localhost",
+        ]);
         run(&leaf);
         run(&[
-            "x509", "-req", "-in", "leaf.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-            "-CAcreateserial", "-days", "2", "-extfile", "ext.cnf", "-out", "leaf.pem",
+            "x509",
+            "-req",
+            "-in",
+            "leaf.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+            "-out",
+            "leaf.pem",
         ]);
         let chain = [
             std::fs::read(dir.join("leaf.pem")).unwrap(),
@@ -202,7 +235,13 @@ fn openssl_s_client_echoes_over_tls_1_2_and_1_3() {
     for version in ["-tls1_2", "-tls1_3"] {
         let mut child = Command::new("openssl")
             // -quiet implies -ign_eof; -no_ign_eof makes it leave at the end of stdin.
-            .args(["s_client", "-quiet", "-no_ign_eof", "-verify_return_error", version])
+            .args([
+                "s_client",
+                "-quiet",
+                "-no_ign_eof",
+                "-verify_return_error",
+                version,
+            ])
             .arg("-connect")
             .arg(srv.local_addr().to_string())
             .arg("-CAfile")
@@ -245,7 +284,10 @@ fn garbage_and_abandoned_handshakes_are_closed_and_counted() {
     assert!(closed && got.is_empty(), "{got:?}");
     // A handshake record with garbage inside: rustls refuses it (an alert, a close).
     let mut garbage = connect(addr);
-    send(&mut garbage, &[0x16, 0x03, 0x01, 0x00, 0x08, 1, 2, 3, 4, 5, 6, 7, 8]);
+    send(
+        &mut garbage,
+        &[0x16, 0x03, 0x01, 0x00, 0x08, 1, 2, 3, 4, 5, 6, 7, 8],
+    );
     let (_, closed) = read_to_close(&mut garbage);
     assert!(closed);
     // Stops mid-handshake: the read timeout runs from the first byte.
@@ -317,7 +359,10 @@ fn a_thousand_idle_tls_connections_hold_no_buffer() {
     let stats = srv
         .wait_for_stats(|c| c["open"] == N as u64 + 1 && c["requests"] == N as u64 + 1)
         .expect("stats line with every connection open");
-    assert_eq!(stats["buffers_lent"], 0, "an idle TLS connection holds no buffer");
+    assert_eq!(
+        stats["buffers_lent"], 0,
+        "an idle TLS connection holds no buffer"
+    );
     assert_eq!(stats["tls_open"], N as u64 + 1);
     let after = srv.rss_kib();
     let per = (after.saturating_sub(before)) as f64 * 1024.0 / N as f64;
@@ -347,10 +392,7 @@ fn sighup_rotates_the_certificate_and_refuses_a_bad_one() {
     std::fs::copy(&old.cert, &live.cert).unwrap();
     std::fs::copy(&old.key, &live.key).unwrap();
     let srv = Server::start(&format!("--protocol http {}", live.args()));
-    let (old_cfg, new_cfg) = (
-        client_config(&old.ca, true),
-        client_config(&new.ca, true),
-    );
+    let (old_cfg, new_cfg) = (client_config(&old.ca, true), client_config(&new.ca, true));
     let mut before = BufReader::new(tls_connect(srv.addr, &old_cfg).unwrap());
     assert_eq!(get(&mut before).status, 200);
     assert!(tls_connect(srv.addr, &new_cfg).is_err());
@@ -382,7 +424,11 @@ fn sighup_rotates_the_certificate_and_refuses_a_bad_one() {
     assert_eq!(get(&mut still).status, 200);
     drop((before, after, still));
     let (_, c) = srv.stop();
-    assert_eq!((c["tls_reloads"], c["tls_reload_failures"]), (1, 2), "{c:?}");
+    assert_eq!(
+        (c["tls_reloads"], c["tls_reload_failures"]),
+        (1, 2),
+        "{c:?}"
+    );
 }
 
 #[test]
@@ -474,8 +520,10 @@ fn a_drain_finishes_requests_and_says_close_notify() {
     assert_eq!(resp.status, 200);
     // Both ends come with close_notify: rustls reports a truncation as an error.
     let mut rest = Vec::new();
-    busy.read_to_end(&mut rest).expect("close_notify on the busy one");
-    idle.read_to_end(&mut rest).expect("close_notify on the idle one");
+    busy.read_to_end(&mut rest)
+        .expect("close_notify on the busy one");
+    idle.read_to_end(&mut rest)
+        .expect("close_notify on the idle one");
     assert!(rest.is_empty());
     let (status, c) = srv.stop();
     assert!(status.success());
