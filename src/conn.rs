@@ -1,10 +1,9 @@
 //! One connection's state: its socket, the buffers it borrows while bytes are in flight,
 //! its jobs in flight, its protocol state and its deadlines.
 //!
-//! Kept small on purpose (144 bytes, 168 with the HTTP state; the TLS box fitted in
-//! padding), since 10,000 idle
-//! connections are 10,000 of these and nothing else: an idle connection holds no buffer
-//! and no job state.
+//! Kept small on purpose (144 bytes, 168 with the HTTP state; the TLS session's box
+//! fitted in padding), since 10,000 idle connections are 10,000 of these and nothing
+//! else: an idle connection holds no buffer and no job state.
 //!
 //! A connection's life is its [`Stage`]: serving, then (after an error answer or
 //! `Connection: close`) closing once every owed answer is out, then lingering until the
