@@ -231,10 +231,11 @@ impl<H: Handler> ConnIo<H> {
             if conn.has(PEER_EOF) {
                 break;
             }
-            // (bytes read from the socket, plaintext bytes in the scratch buffer)
-            let (raw, n) = match conn.tls {
+            // (bytes read from the socket, plaintext bytes in the scratch buffer, whether
+            // the read was short)
+            let (raw, n, short) = match conn.tls {
                 None => match conn.sock.read(&mut self.scratch) {
-                    Ok(n) => (n, n),
+                    Ok(n) => (n, n, n < self.scratch.len()),
                     Err(e) if would_block(&e) => break,
                     Err(e) if interrupted(&e) => continue,
                     Err(_) => return Err(Close::Error),
@@ -263,7 +264,7 @@ impl<H: Handler> ConnIo<H> {
             // Edge-triggered: a read shorter than the buffer emptied the socket, and
             // bytes arriving later raise a new edge. Skipping the read that would only
             // say WouldBlock saves a syscall per request.
-            if raw < self.scratch.len() && !read_to_block && !conn.has(DECODE_PENDING) {
+            if short && !read_to_block && !conn.has(DECODE_PENDING) {
                 break;
             }
         }
@@ -751,8 +752,12 @@ impl<H: Handler> ConnIo<H> {
     /// One read on a TLS connection: ciphertext from the socket (after any partial
     /// record carried over) into the TLS scratch buffer, run through rustls; plaintext
     /// lands in the scratch buffer for the decoder, handshake messages in the output.
-    /// Returns `(bytes read, plaintext bytes)`, or `None` on WouldBlock.
-    fn tls_read(&mut self, conn: &mut Conn<H::State>) -> Result<Option<(usize, usize)>, Close> {
+    /// Returns `(bytes read, plaintext bytes, whether the read was short)`, or `None`
+    /// on WouldBlock.
+    fn tls_read(
+        &mut self,
+        conn: &mut Conn<H::State>,
+    ) -> Result<Option<(usize, usize, bool)>, Close> {
         let Some(tls) = conn.tls.as_deref_mut() else {
             return Ok(None);
         };
@@ -784,8 +789,11 @@ impl<H: Handler> ConnIo<H> {
             }
         };
         if raw == 0 {
-            return Ok(Some((0, 0)));
+            return Ok(Some((0, 0, true)));
         }
+        // A partial record carried over leaves less room than the scratch buffer: the
+        // read is short only if it did not fill what it was given.
+        let short = raw < room;
         if tls.fresh {
             tls.fresh = false;
             if ct[0] != HANDSHAKE_RECORD {
@@ -848,7 +856,7 @@ impl<H: Handler> ConnIo<H> {
         if done.peer_closed {
             conn.set(PEER_EOF, true);
         }
-        Ok(Some((raw, done.plain)))
+        Ok(Some((raw, done.plain, short)))
     }
 
     /// The first byte on a TLS port is not a TLS record: plain text. HTTP gets its 400
@@ -857,7 +865,7 @@ impl<H: Handler> ConnIo<H> {
         &mut self,
         conn: &mut Conn<H::State>,
         raw: usize,
-    ) -> Result<Option<(usize, usize)>, Close> {
+    ) -> Result<Option<(usize, usize, bool)>, Close> {
         let Some(reply) = self.set.tls.as_ref().and_then(|t| t.plain_reply) else {
             return Err(Close::Tls(HandshakeFailure::NotTls));
         };
@@ -869,7 +877,7 @@ impl<H: Handler> ConnIo<H> {
             .get_or_insert_with(|| self.pool.get())
             .extend_from_slice(reply);
         conn.stage = Stage::Closing;
-        Ok(Some((raw, 0)))
+        Ok(Some((raw, 0, true)))
     }
 
     /// A TLS connection is under the read timeout from its first byte until its

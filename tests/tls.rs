@@ -530,3 +530,24 @@ fn a_drain_finishes_requests_and_says_close_notify() {
     assert_eq!(c["cut_at_shutdown"], 0);
     assert_eq!(c["tls_handshakes"], 2);
 }
+
+#[test]
+fn a_megabyte_echoes_back_over_tls_in_split_records() {
+    if !have("openssl") {
+        return;
+    }
+    let certs = Certs::make("bulk");
+    let srv = in_process(&format!("--protocol echo {}", certs.args()));
+    let mut s = tls_connect(srv.local_addr(), &client_config(&certs.ca, false)).unwrap();
+    let chunk: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    let mut back = vec![0u8; chunk.len()];
+    for _ in 0..10 {
+        s.write_all(&chunk).unwrap();
+        s.flush().unwrap();
+        s.read_exact(&mut back).unwrap();
+        assert!(back == chunk, "echoed bytes differ");
+    }
+    drop(s);
+    let c = wait_stats(&srv, |c| c.open == 0);
+    assert_eq!((c.buffers_lent, c.tls_open, c.io_errors), (0, 0, 0), "{c}");
+}
