@@ -150,6 +150,16 @@ pub struct Config {
     #[arg(long, default_value_t = 0)]
     pub max_connections_per_ip: usize,
 
+    /// Speak TLS (1.2 and 1.3, with rustls) on every connection, with this PEM
+    /// certificate chain (the server's certificate first). Needs --tls-key. SIGHUP
+    /// reads both files again.
+    #[arg(long, requires = "tls_key", help_heading = "TLS")]
+    pub tls_cert: Option<std::path::PathBuf>,
+
+    /// The PEM private key of --tls-cert (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, requires = "tls_cert", help_heading = "TLS")]
+    pub tls_key: Option<std::path::PathBuf>,
+
     /// Worker threads for handlers that may block, started up front (0 = no pool: every
     /// answer is computed on the loop).
     #[arg(long, default_value_t = 0, help_heading = "Worker pool")]

@@ -34,6 +34,7 @@ use crate::proxy::{self, Cidr, Parsed, ProxyMode, Refusal};
 use crate::service::{Calls, Failure, Handler};
 use crate::stats::Counters;
 use crate::timer::TimerWheel;
+use crate::tls::{HANDSHAKE_RECORD, HandshakeFailure, MAX_RECORD, Tls, TlsShared};
 use crate::workers::{Pool, Task};
 
 /// Bytes read from one connection per turn before others get theirs.
@@ -60,6 +61,8 @@ pub(crate) struct Settings {
     pub proxy_from: Arc<Vec<Cidr>>,
     /// On a drain, how long a connection yet to send its first request may still.
     pub drain_grace_ms: u64,
+    /// With --tls-cert: every connection speaks TLS.
+    pub tls: Option<Arc<TlsShared>>,
 }
 
 /// Why a connection was closed.
@@ -73,6 +76,8 @@ pub(crate) enum Close {
     Cut,
     /// Refused at its PROXY header.
     Proxy(Refusal),
+    /// Its TLS handshake failed.
+    Tls(HandshakeFailure),
 }
 
 /// The shard's side of the worker pool.
@@ -124,6 +129,11 @@ pub(crate) struct ConnIo<H: Handler> {
     pub proxied: Vec<(usize, SocketAddr)>,
     calls: Vec<(usize, H::Request)>,
     segment: Vec<u8>,
+    /// With TLS: ciphertext is read here (room for a partial record carried over plus
+    /// a full scratch read) and decrypted into `scratch`.
+    tls_scratch: Box<[u8]>,
+    /// The shard's copy of the TLS configuration, and its generation.
+    tls_cfg: Option<(u64, Arc<rustls::ServerConfig>)>,
 }
 
 fn would_block(e: &io::Error) -> bool {
@@ -136,7 +146,8 @@ fn interrupted(e: &io::Error) -> bool {
 
 impl<H: Handler> ConnIo<H> {
     pub fn new(handler: Arc<H>, set: Settings, wheel: TimerWheel<usize>) -> Self {
-        ConnIo {
+        let tls = set.tls.is_some();
+        let mut io = ConnIo {
             handler,
             pool: BufferPool::new(set.pool_buffers),
             set,
@@ -151,7 +162,24 @@ impl<H: Handler> ConnIo<H> {
             proxied: Vec::new(),
             calls: Vec::new(),
             segment: Vec::new(),
+            tls_scratch: Box::new([]),
+            tls_cfg: None,
+        };
+        if tls {
+            io.tls_scratch = vec![0u8; SCRATCH].into_boxed_slice();
         }
+        io
+    }
+
+    /// A new connection's TLS session, on a TLS listener (`None` on a plain one).
+    pub fn new_tls(&mut self) -> Option<Result<Box<Tls>, rustls::Error>> {
+        let shared = self.set.tls.as_ref()?;
+        let cfg = shared.config(&mut self.tls_cfg);
+        let tls = Tls::new(cfg).map(Box::new);
+        if tls.is_ok() {
+            self.stats.tls_open += 1;
+        }
+        Some(tls)
     }
 
     /// Does all the work the socket allows now. `Err` means: close it, for this reason.
@@ -203,26 +231,41 @@ impl<H: Handler> ConnIo<H> {
             if conn.has(PEER_EOF) {
                 break;
             }
-            match conn.sock.read(&mut self.scratch) {
-                Ok(0) => conn.set(PEER_EOF, true),
-                Ok(n) => {
-                    budget = budget.saturating_sub(n);
-                    self.stats.bytes_in += n as u64;
-                    conn.last_active = self.now;
-                    if conn.has(SPOOF_CHECK) {
-                        self.check_spoof(conn, n)?;
-                    }
-                    self.feed(conn, key, n);
-                    // Edge-triggered: a read shorter than the buffer emptied the socket,
-                    // and bytes arriving later raise a new edge. Skipping the read that
-                    // would only say WouldBlock saves a syscall per request.
-                    if n < self.scratch.len() && !read_to_block && !conn.has(DECODE_PENDING) {
-                        break;
-                    }
+            // (bytes read from the socket, plaintext bytes in the scratch buffer, whether
+            // the read was short)
+            let (raw, n, short) = match conn.tls {
+                None => match conn.sock.read(&mut self.scratch) {
+                    Ok(n) => (n, n, n < self.scratch.len()),
+                    Err(e) if would_block(&e) => break,
+                    Err(e) if interrupted(&e) => continue,
+                    Err(_) => return Err(Close::Error),
+                },
+                Some(_) => match self.tls_read(conn)? {
+                    Some(got) => got,
+                    None => break,
+                },
+            };
+            if raw == 0 {
+                conn.set(PEER_EOF, true);
+                continue;
+            }
+            budget = budget.saturating_sub(raw);
+            self.stats.bytes_in += raw as u64;
+            conn.last_active = self.now;
+            if n > 0 {
+                if conn.has(SPOOF_CHECK) {
+                    self.check_spoof(conn, n)?;
                 }
-                Err(e) if would_block(&e) => break,
-                Err(e) if interrupted(&e) => {}
-                Err(_) => return Err(Close::Error),
+                self.feed(conn, key, n);
+            }
+            if conn.tls.is_some() {
+                self.tls_in_request(conn, n);
+            }
+            // Edge-triggered: a read shorter than the buffer emptied the socket, and
+            // bytes arriving later raise a new edge. Skipping the read that would only
+            // say WouldBlock saves a syscall per request.
+            if short && !read_to_block && !conn.has(DECODE_PENDING) {
+                break;
             }
         }
         self.flush(reg, conn, key)?;
@@ -231,6 +274,9 @@ impl<H: Handler> ConnIo<H> {
             // do not turn our close into a reset that destroys the answer in flight.
             if let Some(b) = conn.input.take() {
                 self.pool.put(b);
+            }
+            if let Some(tls) = conn.tls.as_deref_mut() {
+                send_close_notify(tls, &mut conn.sock, &mut self.segment);
             }
             let _ = conn.sock.shutdown(std::net::Shutdown::Write);
             conn.stage = Stage::Lingering;
@@ -613,12 +659,27 @@ impl<H: Handler> ConnIo<H> {
         if conn.held_until != 0 {
             return Ok(());
         }
+        if let (Some(tls), Some(out)) = (conn.tls.as_deref_mut(), conn.output.as_mut())
+            && out.len() > tls.enc
+        {
+            // Encrypt the answers appended since the last write.
+            tls.encrypt_pending(out, &mut self.segment, false)
+                .map_err(|_| Close::Error)?;
+        }
         if let Some(out) = conn.output.as_mut() {
             while !out.is_empty() {
-                match conn.sock.write(out) {
+                let end = conn.tls.as_ref().map_or(out.len(), |t| t.enc);
+                if end == 0 {
+                    // Plaintext the session cannot encrypt yet (mid-handshake).
+                    break;
+                }
+                match conn.sock.write(&out[..end]) {
                     Ok(0) => return Err(Close::Error),
                     Ok(n) => {
                         out.advance(n);
+                        if let Some(t) = conn.tls.as_deref_mut() {
+                            t.enc -= n;
+                        }
                         self.stats.bytes_out += n as u64;
                         conn.write_since = self.now;
                     }
@@ -688,9 +749,183 @@ impl<H: Handler> ConnIo<H> {
         conn.timer_at = deadline;
     }
 
+    /// One read on a TLS connection: ciphertext from the socket (after any partial
+    /// record carried over) into the TLS scratch buffer, run through rustls; plaintext
+    /// lands in the scratch buffer for the decoder, handshake messages in the output.
+    /// Returns `(bytes read, plaintext bytes, whether the read was short)`, or `None`
+    /// on WouldBlock.
+    fn tls_read(
+        &mut self,
+        conn: &mut Conn<H::State>,
+    ) -> Result<Option<(usize, usize, bool)>, Close> {
+        let Some(tls) = conn.tls.as_deref_mut() else {
+            return Ok(None);
+        };
+        let ct = &mut self.tls_scratch;
+        let mut held = 0;
+        if let Some(b) = tls.held.take() {
+            held = b.len();
+            ct[..held].copy_from_slice(&b);
+            self.pool.put(b);
+        }
+        // Never more ciphertext than the plaintext buffer can take decrypted.
+        let room = self.scratch.len().min(ct.len()) - held;
+        let raw = loop {
+            match conn.sock.read(&mut ct[held..held + room]) {
+                Ok(n) => break n,
+                Err(e) if interrupted(&e) => {}
+                Err(e) => {
+                    if held > 0 {
+                        let mut b = self.pool.get();
+                        b.extend_from_slice(&ct[..held]);
+                        tls.held = Some(b);
+                    }
+                    return if would_block(&e) {
+                        Ok(None)
+                    } else {
+                        Err(Close::Error)
+                    };
+                }
+            }
+        };
+        if raw == 0 {
+            return Ok(Some((0, 0, true)));
+        }
+        // A partial record carried over leaves less room than the scratch buffer: the
+        // read is short only if it did not fill what it was given.
+        let short = raw < room;
+        if tls.fresh {
+            tls.fresh = false;
+            if ct[0] != HANDSHAKE_RECORD {
+                return self.not_tls(conn, raw);
+            }
+        }
+        let out = conn.output.get_or_insert_with(|| self.pool.get());
+        let got = tls.process(
+            &mut ct[..held + raw],
+            out,
+            &mut self.scratch,
+            &mut self.segment,
+            false,
+        );
+        if out.is_empty()
+            && let Some(b) = conn.output.take()
+        {
+            self.pool.put(b);
+        }
+        let done = match got {
+            Ok(done) => done,
+            Err(e) => {
+                log::debug!("TLS: {e}");
+                // Tell the peer why, best-effort, before the close.
+                self.segment.clear();
+                let from = tls.err_consumed.min(held + raw);
+                tls.pending_alert(&mut ct[from..held + raw], &mut self.segment);
+                if !self.segment.is_empty() {
+                    let _ = conn.sock.write(&self.segment);
+                }
+                return Err(if tls.handshaking {
+                    Close::Tls(HandshakeFailure::Protocol)
+                } else {
+                    Close::Error
+                });
+            }
+        };
+        let left = held + raw - done.consumed;
+        if left > 0 {
+            if left > MAX_RECORD {
+                // rustls takes any complete record; more than a record left over
+                // would be a bug, and must not grow a buffer for ever.
+                return Err(Close::Error);
+            }
+            let mut b = self.pool.get();
+            b.extend_from_slice(&ct[done.consumed..held + raw]);
+            tls.held = Some(b);
+        }
+        if tls.handshaking && !tls.conn.is_handshaking() {
+            tls.handshaking = false;
+            self.stats.tls_handshakes += 1;
+            log::debug!(
+                "TLS handshake: {:?}, ALPN {:?}",
+                tls.conn.protocol_version(),
+                tls.conn
+                    .alpn_protocol()
+                    .map(|p| String::from_utf8_lossy(p).into_owned())
+            );
+        }
+        if done.peer_closed {
+            conn.set(PEER_EOF, true);
+        }
+        Ok(Some((raw, done.plain, short)))
+    }
+
+    /// The first byte on a TLS port is not a TLS record: plain text. HTTP gets its 400
+    /// first (as nginx does), then a close; other protocols are closed at once.
+    fn not_tls(
+        &mut self,
+        conn: &mut Conn<H::State>,
+        raw: usize,
+    ) -> Result<Option<(usize, usize, bool)>, Close> {
+        let Some(reply) = self.set.tls.as_ref().and_then(|t| t.plain_reply) else {
+            return Err(Close::Tls(HandshakeFailure::NotTls));
+        };
+        conn.tls = None;
+        self.stats.tls_open = self.stats.tls_open.saturating_sub(1);
+        self.stats.tls_fail_not_tls += 1;
+        self.stats.bad_requests += 1;
+        conn.output
+            .get_or_insert_with(|| self.pool.get())
+            .extend_from_slice(reply);
+        conn.stage = Stage::Closing;
+        Ok(Some((raw, 0, true)))
+    }
+
+    /// A TLS connection is under the read timeout from its first byte until its
+    /// handshake ends, and while a record is half read.
+    fn tls_in_request(&mut self, conn: &mut Conn<H::State>, plain: usize) {
+        let Some(tls) = conn.tls.as_deref() else {
+            return;
+        };
+        let mid = tls.handshaking || tls.held.is_some();
+        if mid {
+            if !conn.has(IN_REQUEST) {
+                conn.set(IN_REQUEST, true);
+                conn.request_start = self.now;
+            }
+        } else if plain == 0 && conn.input.is_none() && !self.handler.in_request(&conn.state) {
+            conn.set(IN_REQUEST, false);
+        }
+    }
+
+    /// Counts a TLS connection's end: a handshake that did not finish, by reason; an
+    /// established session closed by us gets close_notify (best-effort) first.
+    fn close_tls(&mut self, conn: &mut Conn<H::State>, tls: &mut Tls, why: Close) {
+        let s = &mut self.stats;
+        s.tls_open = s.tls_open.saturating_sub(1);
+        if tls.handshaking {
+            match why {
+                Close::Tls(HandshakeFailure::NotTls) => s.tls_fail_not_tls += 1,
+                Close::Tls(HandshakeFailure::Protocol) => s.tls_fail_protocol += 1,
+                Close::Tls(HandshakeFailure::Timeout)
+                | Close::ReadTimeout
+                | Close::IdleTimeout
+                | Close::WriteTimeout => s.tls_fail_timeout += 1,
+                _ => s.tls_fail_closed += 1,
+            }
+        } else if why != Close::Error && conn.output.is_none() {
+            send_close_notify(tls, &mut conn.sock, &mut self.segment);
+        }
+        if let Some(b) = tls.held.take() {
+            self.pool.put(b);
+        }
+    }
+
     pub fn close(&mut self, mut conn: Conn<H::State>, why: Close) {
         if let Some(t) = conn.timer.take() {
             self.wheel.cancel(t);
+        }
+        if let Some(mut tls) = conn.tls.take() {
+            self.close_tls(&mut conn, &mut tls, why);
         }
         for b in [conn.input.take(), conn.output.take()]
             .into_iter()
@@ -720,8 +955,22 @@ impl<H: Handler> ConnIo<H> {
                 Refusal::Untrusted => s.proxy_untrusted += 1,
                 Refusal::Timeout => s.proxy_timeouts += 1,
             },
+            // Counted by `close_tls`.
+            Close::Tls(_) => {}
         }
         // Dropping the socket closes it, which also removes it from epoll.
+    }
+}
+
+/// Writes close_notify (once), best-effort: a few dozen bytes into an empty socket
+/// buffer, so one non-blocking write does it.
+fn send_close_notify(tls: &mut Tls, sock: &mut mio::net::TcpStream, tmp: &mut Vec<u8>) {
+    if tls.close_sent || tls.handshaking {
+        return;
+    }
+    let mut out = BytesMut::new();
+    if tls.encrypt_pending(&mut out, tmp, true).is_ok() && !out.is_empty() {
+        let _ = sock.write(&out);
     }
 }
 

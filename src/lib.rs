@@ -26,6 +26,8 @@
 //!   client, reactor-bench and the tests.
 //! - [`client`]: the pooled client: one I/O thread per pool, many requests in flight
 //!   per connection, replies waited for or awaited.
+//! - [`tls`]: TLS around any protocol with rustls's unbuffered API: an idle TLS
+//!   connection holds its session state and no buffer.
 //! - [`listener`]: socket options and the open-files limit.
 //! - [`config`]: every setting and its default.
 //! - [`stats`]: the counters.
@@ -67,6 +69,7 @@ pub mod service;
 mod shared;
 pub mod stats;
 pub mod timer;
+pub mod tls;
 pub mod wire;
 pub mod workers;
 

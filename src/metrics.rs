@@ -32,6 +32,8 @@ pub(crate) struct Sources {
     pub pool: Option<Pool>,
     /// The `protocol` label of request counters.
     pub protocol: &'static str,
+    /// With --tls-cert: the certificate reloads.
+    pub tls: Option<Arc<crate::tls::TlsShared>>,
 }
 
 impl std::fmt::Debug for Sources {
@@ -231,6 +233,52 @@ impl Collector for Sources {
                 ("timeout", t.proxy_timeouts),
             ] {
                 ConstCounter::new(v).encode(m.encode_family(&[("reason", reason)])?)?;
+            }
+        }
+        if let Some(tls) = &self.tls {
+            gauge(
+                &mut e,
+                "reactor_tls_connections_open",
+                "TLS connections open now (handshaking or established).",
+                None,
+                as_i64(t.tls_open),
+            )?;
+            counter(
+                &mut e,
+                "reactor_tls_handshakes",
+                "TLS handshakes completed.",
+                None,
+                t.tls_handshakes,
+            )?;
+            {
+                let mut m = e.encode_descriptor(
+                    "reactor_tls_handshake_failures",
+                    "TLS handshakes that did not complete, by reason.",
+                    None,
+                    MetricType::Counter,
+                )?;
+                for (reason, v) in [
+                    ("not_tls", t.tls_fail_not_tls),
+                    ("protocol", t.tls_fail_protocol),
+                    ("timeout", t.tls_fail_timeout),
+                    ("closed", t.tls_fail_closed),
+                ] {
+                    ConstCounter::new(v).encode(m.encode_family(&[("reason", reason)])?)?;
+                }
+            }
+            {
+                let mut m = e.encode_descriptor(
+                    "reactor_tls_reloads",
+                    "Certificate reloads (SIGHUP), by result; a refused one keeps the pair in force.",
+                    None,
+                    MetricType::Counter,
+                )?;
+                for (result, v) in [
+                    ("ok", tls.reloads.load(Ordering::Relaxed)),
+                    ("refused", tls.reload_failures.load(Ordering::Relaxed)),
+                ] {
+                    ConstCounter::new(v).encode(m.encode_family(&[("result", result)])?)?;
+                }
             }
         }
         if let Some(pool) = &self.pool {

@@ -249,7 +249,19 @@ impl<H: Handler> Shard<H> {
                 }
                 return Admit::Keep;
             }
+            let tls = match io.new_tls() {
+                None => None,
+                Some(Ok(tls)) => Some(tls),
+                Some(Err(e)) => {
+                    warn!("shard {shard}: a TLS session could not be made: {e}");
+                    if let Some(ip) = ip {
+                        release_ip(shared, ip);
+                    }
+                    return Admit::Reject;
+                }
+            };
             let conn = entry.insert(Conn::new(sock, io.now));
+            conn.tls = tls;
             if proxied {
                 conn.stage = Stage::Proxy;
             } else if io.set.proxy != ProxyMode::Off {

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use log::{info, warn};
 use mio::{Events, Interest, Poll, Token, Waker};
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 
 use crate::config::{Config, ProtocolKind};
@@ -25,12 +25,17 @@ use crate::reactor::{Settings, Shard, WAKER};
 use crate::service::{Handler, Pooled};
 use crate::shared::Shared;
 use crate::stats::Counters;
+use crate::tls::TlsShared;
 use crate::workers::{Pool, PoolConfig};
 
 /// Descriptors kept back from --max-connections for listeners, logs and the like.
 const FD_RESERVE: u64 = 32;
 /// How long a stopped server waits for jobs still running on its workers.
 const POOL_STOP_WAIT: Duration = Duration::from_secs(1);
+
+/// The answer to plain HTTP on a TLS port (nginx answers 400 too).
+const PLAIN_HTTP_ON_TLS: &[u8] = b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\n\
+Content-Length: 49\r\nConnection: close\r\n\r\nThe plain HTTP request was sent to an HTTPS port\n";
 
 /// A running server.
 pub struct Server {
@@ -46,6 +51,8 @@ pub struct Server {
     listener_fds: Mutex<Vec<OwnedFd>>,
     /// With --takeover: the old server, waiting for word that we serve.
     takeover: Option<std::os::unix::net::UnixStream>,
+    /// With --tls-cert: the certificate in force, for reloads.
+    tls: Option<Arc<TlsShared>>,
 }
 
 fn ms(d: Duration) -> Option<u64> {
@@ -114,12 +121,15 @@ impl Server {
                 metrics_addr: None,
                 max_connections_per_ip: 0,
                 proxy_protocol: crate::proxy::ProxyMode::Off,
+                tls_cert: None,
+                tls_key: None,
                 ..Config::default()
             };
             let admin = Admin::new(Sources {
                 shared: server.shared.clone(),
                 pool: server.pool.clone(),
                 protocol,
+                tls: server.tls.clone(),
             });
             let admin = match Server::start_inner(&admin_cfg, admin, "admin") {
                 Ok(a) => a,
@@ -193,6 +203,28 @@ impl Server {
             }
             None
         };
+        let tls = match (&cfg.tls_cert, &cfg.tls_key) {
+            (Some(cert), Some(key)) => {
+                if cfg.proxy_protocol != crate::proxy::ProxyMode::Off {
+                    return Err(invalid(
+                        "--tls-cert with --proxy-protocol is not supported yet".into(),
+                    ));
+                }
+                let (alpn, plain_reply) = if cfg.protocol == ProtocolKind::Http {
+                    (vec![b"http/1.1".to_vec()], Some(PLAIN_HTTP_ON_TLS))
+                } else {
+                    (Vec::new(), None)
+                };
+                Some(Arc::new(TlsShared::new(
+                    cert.clone(),
+                    key.clone(),
+                    alpn,
+                    plain_reply,
+                )?))
+            }
+            (None, None) => None,
+            _ => return Err(invalid("--tls-cert and --tls-key go together".into())),
+        };
         let (soft, hard) = raise_nofile_limit()?;
         let fit = soft.saturating_sub(FD_RESERVE) as usize;
         let max_conns = match cfg.max_connections {
@@ -227,6 +259,7 @@ impl Server {
             proxy: cfg.proxy_protocol,
             proxy_from: Arc::new(cfg.proxy_from.0.clone()),
             drain_grace_ms: cfg.drain_grace.as_millis() as u64,
+            tls: tls.clone(),
         };
         let shared = Arc::new(Shared::new(threads));
         // Bind every listener before starting any thread; with port 0 the first bind
@@ -282,13 +315,14 @@ impl Server {
         info!(
             "{what} {addr}: protocol={:?} threads={threads} \
              max_connections={max_conns} idle_timeout={:?} read_timeout={:?} \
-             write_timeout={:?} high_water={} delay_ms={} open_files={soft} (hard {hard}){workers}",
+             write_timeout={:?} high_water={} delay_ms={} open_files={soft} (hard {hard}){workers}{}",
             cfg.protocol,
             cfg.idle_timeout,
             cfg.read_timeout,
             cfg.write_timeout,
             set.high_water,
             cfg.delay_ms,
+            if set.tls.is_some() { " tls=on" } else { "" },
         );
         let handler = Arc::new(handler);
         let mut server = Server {
@@ -300,6 +334,7 @@ impl Server {
             admin: None,
             listener_fds: Mutex::new(listener_fds),
             takeover: None,
+            tls,
         };
         // Everything that can fail is done before the first thread starts: binding,
         // polls, wakers, and each shard's registration.
@@ -347,6 +382,25 @@ impl Server {
             .unwrap_or_default()
     }
 
+    /// Reads the TLS certificate and key files again (SIGHUP): new handshakes use the
+    /// new pair, connections open go on with theirs. A pair that does not load is
+    /// refused, logged and counted, and the one in force stays.
+    pub fn reload_tls(&self) -> io::Result<()> {
+        let Some(tls) = &self.tls else {
+            return Err(invalid("no TLS configured (--tls-cert)".into()));
+        };
+        match tls.reload() {
+            Ok(()) => {
+                info!("TLS certificate reloaded; new handshakes use it");
+                Ok(())
+            }
+            Err(e) => {
+                warn!("TLS certificate reload refused, keeping the one in force: {e}");
+                Err(e)
+            }
+        }
+    }
+
     /// The address the listeners are bound to.
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
@@ -362,6 +416,10 @@ impl Server {
             }
         }
         self.add_pool_stats(&mut sum);
+        if let Some(t) = &self.tls {
+            sum.tls_reloads = t.reloads.load(Ordering::Relaxed);
+            sum.tls_reload_failures = t.reload_failures.load(Ordering::Relaxed);
+        }
         sum
     }
 
@@ -410,6 +468,10 @@ impl Server {
             p.shutdown(POOL_STOP_WAIT);
         }
         self.add_pool_stats(&mut sum);
+        if let Some(t) = &self.tls {
+            sum.tls_reloads = t.reloads.load(Ordering::Relaxed);
+            sum.tls_reload_failures = t.reload_failures.load(Ordering::Relaxed);
+        }
         if let Some(admin) = self.admin.take() {
             admin.shutdown();
             let _ = admin.join();
@@ -456,7 +518,7 @@ const HANDOVER: Token = Token(1);
 fn serve(cfg: &Config, start: impl FnOnce() -> io::Result<Server>) -> io::Result<Counters> {
     // Signals are caught before any thread starts, so an early SIGTERM is a drain, not
     // a kill.
-    let mut signals = Signals::new([SIGINT, SIGTERM])?;
+    let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])?;
     let mut poll = Poll::new()?;
     poll.registry()
         .register(&mut signals, Token(0), Interest::READABLE)?;
@@ -490,6 +552,15 @@ fn serve(cfg: &Config, start: impl FnOnce() -> io::Result<Server>) -> io::Result
             return Err(e);
         }
         for sig in signals.pending() {
+            if sig == SIGHUP {
+                if server.tls.is_some() {
+                    info!("signal {sig}: reloading the TLS certificate");
+                    let _ = server.reload_tls();
+                } else {
+                    info!("signal {sig}: nothing to reload (no --tls-cert)");
+                }
+                continue;
+            }
             info!("signal {sig}: shutting down (again to cut connections at once)");
             server.shutdown();
         }

@@ -66,6 +66,21 @@ pub struct Counters {
     /// Times a connection was not read because it had its most jobs in flight or the
     /// pool's queue was full.
     pub stalls: u64,
+    /// TLS handshakes completed.
+    pub tls_handshakes: u64,
+    /// TLS handshakes that did not complete, by reason: plain text on the TLS port,
+    /// refused by rustls (bad records, no common parameters, an alert), timed out, or
+    /// closed by the peer (or cut by a drain) before the end.
+    pub tls_fail_not_tls: u64,
+    pub tls_fail_protocol: u64,
+    pub tls_fail_timeout: u64,
+    pub tls_fail_closed: u64,
+    /// TLS connections open now.
+    pub tls_open: u64,
+    /// Certificate reloads that took, and those refused (server-wide, filled in by the
+    /// server).
+    pub tls_reloads: u64,
+    pub tls_reload_failures: u64,
     /// Worker pool gauges (server-wide, filled in by the server, zero per shard).
     pub workers: u64,
     pub workers_busy: u64,
@@ -82,6 +97,16 @@ impl Counters {
         let i = LATENCY_BOUNDS_US.partition_point(|&b| b < us);
         self.latency[i] += n;
         self.latency_sum_us += us * n;
+    }
+}
+
+impl Counters {
+    /// TLS handshakes that did not complete, whatever the reason.
+    pub fn tls_handshake_failures(&self) -> u64 {
+        self.tls_fail_not_tls
+            + self.tls_fail_protocol
+            + self.tls_fail_timeout
+            + self.tls_fail_closed
     }
 }
 
@@ -119,6 +144,14 @@ impl AddAssign for Counters {
         self.handler_panics += o.handler_panics;
         self.handler_timeouts += o.handler_timeouts;
         self.stalls += o.stalls;
+        self.tls_handshakes += o.tls_handshakes;
+        self.tls_fail_not_tls += o.tls_fail_not_tls;
+        self.tls_fail_protocol += o.tls_fail_protocol;
+        self.tls_fail_timeout += o.tls_fail_timeout;
+        self.tls_fail_closed += o.tls_fail_closed;
+        self.tls_open += o.tls_open;
+        self.tls_reloads += o.tls_reloads;
+        self.tls_reload_failures += o.tls_reload_failures;
         self.workers += o.workers;
         self.workers_busy += o.workers_busy;
         self.jobs_queued += o.jobs_queued;
@@ -168,6 +201,23 @@ impl fmt::Display for Counters {
                 self.proxy_oversized,
                 self.proxy_untrusted,
                 self.proxy_timeouts,
+            )?;
+        }
+        if self.tls_handshakes > 0 || self.tls_handshake_failures() > 0 || self.tls_open > 0 {
+            write!(
+                f,
+                " tls_open={} tls_handshakes={} tls_handshake_failures={} tls_fail_not_tls={} \
+                 tls_fail_protocol={} tls_fail_timeout={} tls_fail_closed={} tls_reloads={} \
+                 tls_reload_failures={}",
+                self.tls_open,
+                self.tls_handshakes,
+                self.tls_handshake_failures(),
+                self.tls_fail_not_tls,
+                self.tls_fail_protocol,
+                self.tls_fail_timeout,
+                self.tls_fail_closed,
+                self.tls_reloads,
+                self.tls_reload_failures,
             )?;
         }
         if self.jobs > 0 || self.workers > 0 {

@@ -1,0 +1,553 @@
+//! TLS (--tls-cert/--tls-key) with real peers: curl, openssl s_client and a rustls
+//! client, against certificates made here with the `openssl` command.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
+
+type Tls = StreamOwned<ClientConnection, TcpStream>;
+
+/// A CA and a leaf certificate for localhost and 127.0.0.1 signed by it (ECDSA
+/// P-256); `cert.pem` holds the chain (leaf, then CA).
+struct Certs {
+    dir: PathBuf,
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+impl Certs {
+    fn make(tag: &str) -> Certs {
+        let dir = std::env::temp_dir().join(format!("reactor-tls-{}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let run = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(&dir)
+                .output()
+                .expect("run openssl");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        std::fs::write(
+            dir.join("ext.cnf"),
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+        )
+        .unwrap();
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        let mut ca = vec!["req", "-x509"];
+        ca.extend(ec);
+        ca.extend([
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=reactor test CA",
+        ]);
+        run(&ca);
+        let mut leaf = vec!["req"];
+        leaf.extend(ec);
+        leaf.extend([
+            "-keyout",
+            "key.pem",
+            "-out",
+            "leaf.csr",
+            "-subj",
+            "/CN=localhost",
+        ]);
+        run(&leaf);
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            "leaf.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+            "-out",
+            "leaf.pem",
+        ]);
+        let chain = [
+            std::fs::read(dir.join("leaf.pem")).unwrap(),
+            std::fs::read(dir.join("ca.pem")).unwrap(),
+        ]
+        .concat();
+        std::fs::write(dir.join("cert.pem"), chain).unwrap();
+        Certs {
+            ca: dir.join("ca.pem"),
+            cert: dir.join("cert.pem"),
+            key: dir.join("key.pem"),
+            dir,
+        }
+    }
+
+    fn args(&self) -> String {
+        format!(
+            "--tls-cert {} --tls-key {}",
+            self.cert.display(),
+            self.key.display()
+        )
+    }
+}
+
+impl Drop for Certs {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn client_config(ca: &Path, alpn: bool) -> Arc<ClientConfig> {
+    let mut roots = RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    if alpn {
+        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    }
+    Arc::new(cfg)
+}
+
+/// Connects and completes the handshake.
+fn tls_connect(addr: SocketAddr, cfg: &Arc<ClientConfig>) -> std::io::Result<Tls> {
+    let tcp = connect(addr);
+    let name = ServerName::try_from("localhost").unwrap();
+    let conn = ClientConnection::new(cfg.clone(), name).map_err(std::io::Error::other)?;
+    let mut s = StreamOwned::new(conn, tcp);
+    while s.conn.is_handshaking() {
+        s.conn.complete_io(&mut s.sock)?;
+    }
+    Ok(s)
+}
+
+const GET: &[u8] = b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n";
+
+fn get(s: &mut BufReader<Tls>) -> Response {
+    s.get_mut().write_all(GET).unwrap();
+    s.get_mut().flush().unwrap();
+    read_response(s)
+}
+
+#[test]
+fn curl_keeps_one_https_connection_for_two_urls() {
+    if !have("openssl") || !have("curl") {
+        return;
+    }
+    let certs = Certs::make("curl");
+    let srv = in_process(&format!("--protocol http {}", certs.args()));
+    let port = srv.local_addr().port();
+    let url = |p: &str| format!("https://localhost:{port}{p}");
+    let out = Command::new("curl")
+        .args(["-sS", "--http1.1", "--cacert"])
+        .arg(&certs.ca)
+        .args(["--resolve", &format!("localhost:{port}:127.0.0.1")])
+        .args([url("/a"), url("/b")])
+        .output()
+        .expect("run curl");
+    assert!(
+        out.status.success(),
+        "curl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "Hello, World!Hello, World!"
+    );
+    let c = wait_stats(&srv, |c| c.requests == 2 && c.open == 0);
+    assert_eq!(c.tls_handshakes, 1, "one connection for both URLs: {c}");
+    assert_eq!(c.tls_handshake_failures(), 0);
+    assert_eq!(c.tls_open, 0);
+}
+
+#[test]
+fn pipelined_https_requests_are_answered_in_order_with_alpn() {
+    if !have("openssl") {
+        return;
+    }
+    let certs = Certs::make("pipeline");
+    let srv = in_process(&format!("--protocol http {}", certs.args()));
+    let mut s = tls_connect(srv.local_addr(), &client_config(&certs.ca, true)).unwrap();
+    assert_eq!(s.conn.alpn_protocol(), Some(&b"http/1.1"[..]));
+    let batch: Vec<u8> = [
+        &b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+        b"GET /2 HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /3 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    ]
+    .concat();
+    s.write_all(&batch).unwrap();
+    s.flush().unwrap();
+    let mut r = BufReader::new(s);
+    for _ in 0..3 {
+        let resp = read_response(&mut r);
+        assert_eq!(resp.status, 200);
+        assert_eq!(resp.body, b"Hello, World!");
+    }
+    // The close comes with close_notify: a clean end of stream, not a truncation.
+    let mut rest = Vec::new();
+    r.read_to_end(&mut rest)
+        .expect("close_notify before the close");
+    assert!(rest.is_empty());
+    let c = wait_stats(&srv, |c| c.requests == 3 && c.open == 0);
+    assert_eq!(c.tls_handshakes, 1);
+}
+
+#[test]
+fn openssl_s_client_echoes_over_tls_1_2_and_1_3() {
+    if !have("openssl") {
+        return;
+    }
+    let certs = Certs::make("s_client");
+    let srv = in_process(&format!("--protocol echo {}", certs.args()));
+    for version in ["-tls1_2", "-tls1_3"] {
+        let mut child = Command::new("openssl")
+            // -quiet implies -ign_eof; -no_ign_eof makes it leave at the end of stdin.
+            .args([
+                "s_client",
+                "-quiet",
+                "-no_ign_eof",
+                "-verify_return_error",
+                version,
+            ])
+            .arg("-connect")
+            .arg(srv.local_addr().to_string())
+            .arg("-CAfile")
+            .arg(&certs.ca)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run openssl s_client");
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"hello over tls\n").unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line, "hello over tls\n", "{version}");
+        drop(stdin);
+        let _ = child.wait();
+    }
+    let c = wait_stats(&srv, |c| c.open == 0);
+    assert_eq!(c.tls_handshakes, 2, "{c}");
+    assert_eq!(c.tls_handshake_failures(), 0, "{c}");
+}
+
+#[test]
+fn garbage_and_abandoned_handshakes_are_closed_and_counted() {
+    if !have("openssl") {
+        return;
+    }
+    let certs = Certs::make("garbage");
+    let srv = in_process(&format!(
+        "--protocol echo --read-timeout 300ms {}",
+        certs.args()
+    ));
+    let addr = srv.local_addr();
+    // Plain text on a TLS port (echo: closed at once).
+    let mut plain = connect(addr);
+    send(&mut plain, b"hello\n");
+    let (got, closed) = read_to_close(&mut plain);
+    assert!(closed && got.is_empty(), "{got:?}");
+    // A handshake record with garbage inside: rustls refuses it (an alert, a close).
+    let mut garbage = connect(addr);
+    send(
+        &mut garbage,
+        &[0x16, 0x03, 0x01, 0x00, 0x08, 1, 2, 3, 4, 5, 6, 7, 8],
+    );
+    let (_, closed) = read_to_close(&mut garbage);
+    assert!(closed);
+    // Stops mid-handshake: the read timeout runs from the first byte.
+    let mut stalled = connect(addr);
+    send(&mut stalled, &[0x16, 0x03, 0x01, 0x02]);
+    let (_, closed) = read_to_close(&mut stalled);
+    assert!(closed);
+    // Goes away mid-handshake.
+    let mut gone = connect(addr);
+    send(&mut gone, &[0x16, 0x03]);
+    drop(gone);
+    let c = wait_stats(&srv, |c| c.open == 0 && c.tls_handshake_failures() == 4);
+    assert_eq!(
+        (
+            c.tls_fail_not_tls,
+            c.tls_fail_protocol,
+            c.tls_fail_timeout,
+            c.tls_fail_closed
+        ),
+        (1, 1, 1, 1),
+        "{c}"
+    );
+    assert_eq!((c.tls_handshakes, c.tls_open, c.buffers_lent), (0, 0, 0));
+}
+
+#[test]
+fn plain_http_on_the_tls_port_gets_400_then_close() {
+    if !have("openssl") {
+        return;
+    }
+    let certs = Certs::make("plain");
+    let srv = in_process(&format!("--protocol http {}", certs.args()));
+    let mut s = connect(srv.local_addr());
+    send(&mut s, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    let (got, closed) = read_to_close(&mut s);
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 400 "), "{text}");
+    assert!(text.contains("Connection: close"), "{text}");
+    assert!(closed);
+    let c = wait_stats(&srv, |c| c.open == 0);
+    assert_eq!((c.tls_fail_not_tls, c.tls_open), (1, 0), "{c}");
+}
+
+#[test]
+fn a_thousand_idle_tls_connections_hold_no_buffer() {
+    if !have("openssl") {
+        return;
+    }
+    raise_fd_limit();
+    const N: usize = 1000;
+    let certs = Certs::make("idle");
+    let srv = Server::start(&format!(
+        "--protocol http --stats-interval 100ms {}",
+        certs.args()
+    ));
+    let cfg = client_config(&certs.ca, true);
+    // Warm the server (pools, the session cache, the allocator) before the baseline.
+    let mut warm = BufReader::new(tls_connect(srv.addr, &cfg).unwrap());
+    assert_eq!(get(&mut warm).status, 200);
+    std::thread::sleep(Duration::from_millis(300));
+    let before = srv.rss_kib();
+    let mut conns: Vec<BufReader<Tls>> = (0..N)
+        .map(|_| {
+            let mut c = BufReader::new(tls_connect(srv.addr, &cfg).unwrap());
+            assert_eq!(get(&mut c).status, 200);
+            c
+        })
+        .collect();
+    let stats = srv
+        .wait_for_stats(|c| c["open"] == N as u64 + 1 && c["requests"] == N as u64 + 1)
+        .expect("stats line with every connection open");
+    assert_eq!(
+        stats["buffers_lent"], 0,
+        "an idle TLS connection holds no buffer"
+    );
+    assert_eq!(stats["tls_open"], N as u64 + 1);
+    let after = srv.rss_kib();
+    let per = (after.saturating_sub(before)) as f64 * 1024.0 / N as f64;
+    eprintln!(
+        "server RSS: {before} KiB with 1 connection, {after} KiB with {} idle TLS \
+         connections: {per:.0} bytes per idle TLS connection",
+        N + 1
+    );
+    // All still open and serving.
+    for c in conns.iter_mut() {
+        assert_eq!(get(c).status, 200);
+    }
+    let stats = srv
+        .wait_for_stats(|c| c["requests"] == 2 * N as u64 + 1 && c["buffers_lent"] == 0)
+        .expect("all answered");
+    assert_eq!(stats["open"], N as u64 + 1);
+}
+
+#[test]
+fn sighup_rotates_the_certificate_and_refuses_a_bad_one() {
+    if !have("openssl") {
+        return;
+    }
+    let old = Certs::make("rot-old");
+    let new = Certs::make("rot-new");
+    let live = Certs::make("rot-live");
+    std::fs::copy(&old.cert, &live.cert).unwrap();
+    std::fs::copy(&old.key, &live.key).unwrap();
+    let srv = Server::start(&format!("--protocol http {}", live.args()));
+    let (old_cfg, new_cfg) = (client_config(&old.ca, true), client_config(&new.ca, true));
+    let mut before = BufReader::new(tls_connect(srv.addr, &old_cfg).unwrap());
+    assert_eq!(get(&mut before).status, 200);
+    assert!(tls_connect(srv.addr, &new_cfg).is_err());
+
+    std::fs::copy(&new.cert, &live.cert).unwrap();
+    std::fs::copy(&new.key, &live.key).unwrap();
+    let from = srv.log_len();
+    srv.signal(libc::SIGHUP);
+    srv.wait_for_line_after(from, |l| l.contains("TLS certificate reloaded"))
+        .expect("reload logged");
+    let mut after = BufReader::new(tls_connect(srv.addr, &new_cfg).unwrap());
+    assert_eq!(get(&mut after).status, 200);
+    assert!(tls_connect(srv.addr, &old_cfg).is_err(), "old pair retired");
+    // The connection made under the old certificate goes on.
+    assert_eq!(get(&mut before).status, 200);
+
+    // A bad pair (a key that is not the certificate's) is refused; the good one stays.
+    std::fs::copy(&old.key, &live.key).unwrap();
+    let from = srv.log_len();
+    srv.signal(libc::SIGHUP);
+    srv.wait_for_line_after(from, |l| l.contains("reload refused"))
+        .expect("refusal logged");
+    std::fs::write(&live.cert, "not a certificate").unwrap();
+    let from = srv.log_len();
+    srv.signal(libc::SIGHUP);
+    srv.wait_for_line_after(from, |l| l.contains("reload refused"))
+        .expect("refusal logged");
+    let mut still = BufReader::new(tls_connect(srv.addr, &new_cfg).unwrap());
+    assert_eq!(get(&mut still).status, 200);
+    drop((before, after, still));
+    let (_, c) = srv.stop();
+    assert_eq!(
+        (c["tls_reloads"], c["tls_reload_failures"]),
+        (1, 2),
+        "{c:?}"
+    );
+}
+
+#[test]
+fn reload_tls_in_process_swaps_the_pair() {
+    if !have("openssl") {
+        return;
+    }
+    let a = Certs::make("inproc-a");
+    let b = Certs::make("inproc-b");
+    let live = Certs::make("inproc-live");
+    std::fs::copy(&a.cert, &live.cert).unwrap();
+    std::fs::copy(&a.key, &live.key).unwrap();
+    let srv = in_process(&format!("--protocol echo {}", live.args()));
+    let cfg_b = client_config(&b.ca, false);
+    assert!(tls_connect(srv.local_addr(), &cfg_b).is_err());
+    std::fs::copy(&b.cert, &live.cert).unwrap();
+    std::fs::copy(&b.key, &live.key).unwrap();
+    srv.reload_tls().expect("reload");
+    let mut s = tls_connect(srv.local_addr(), &cfg_b).unwrap();
+    s.write_all(b"ping").unwrap();
+    let mut got = [0u8; 4];
+    s.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"ping");
+    std::fs::write(&live.key, "garbage").unwrap();
+    assert!(srv.reload_tls().is_err());
+    assert_eq!(
+        (srv.stats().tls_reloads, srv.stats().tls_reload_failures),
+        (1, 1)
+    );
+}
+
+#[test]
+fn the_worker_pool_answers_in_order_over_tls() {
+    if !have("openssl") {
+        return;
+    }
+    let certs = Certs::make("workers");
+    let srv = in_process(&format!(
+        "--protocol http --work sleep:10ms --workers 2 {}",
+        certs.args()
+    ));
+    let cfg = client_config(&certs.ca, true);
+    let handles: Vec<_> = (0..3)
+        .map(|_| {
+            let cfg = cfg.clone();
+            let addr = srv.local_addr();
+            std::thread::spawn(move || {
+                let mut s = tls_connect(addr, &cfg).unwrap();
+                let batch: Vec<u8> = (0..5)
+                    .flat_map(|i| format!("GET /{i} HTTP/1.1\r\nHost: x\r\n\r\n").into_bytes())
+                    .collect();
+                s.write_all(&batch).unwrap();
+                s.flush().unwrap();
+                let mut r = BufReader::new(s);
+                for _ in 0..5 {
+                    let resp = read_response(&mut r);
+                    assert_eq!(resp.status, 200);
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    let c = wait_stats(&srv, |c| c.jobs == 15 && c.requests == 15);
+    assert_eq!(c.tls_handshakes, 3, "{c}");
+}
+
+#[test]
+fn a_drain_finishes_requests_and_says_close_notify() {
+    if !have("openssl") {
+        return;
+    }
+    let certs = Certs::make("drain");
+    let srv = Server::start(&format!(
+        "--protocol http --work sleep:300ms --workers 1 {}",
+        certs.args()
+    ));
+    let cfg = client_config(&certs.ca, true);
+    let mut idle = BufReader::new(tls_connect(srv.addr, &cfg).unwrap());
+    assert_eq!(get(&mut idle).status, 200);
+    let mut busy = tls_connect(srv.addr, &cfg).unwrap();
+    busy.write_all(GET).unwrap();
+    busy.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    srv.signal(libc::SIGTERM);
+    let mut busy = BufReader::new(busy);
+    let resp = read_response(&mut busy);
+    assert_eq!(resp.status, 200);
+    // Both ends come with close_notify: rustls reports a truncation as an error.
+    let mut rest = Vec::new();
+    busy.read_to_end(&mut rest)
+        .expect("close_notify on the busy one");
+    idle.read_to_end(&mut rest)
+        .expect("close_notify on the idle one");
+    assert!(rest.is_empty());
+    let (status, c) = srv.stop();
+    assert!(status.success());
+    assert_eq!(c["cut_at_shutdown"], 0);
+    assert_eq!(c["tls_handshakes"], 2);
+}
+
+#[test]
+fn a_megabyte_echoes_back_over_tls_in_split_records() {
+    if !have("openssl") {
+        return;
+    }
+    let certs = Certs::make("bulk");
+    let srv = in_process(&format!("--protocol echo {}", certs.args()));
+    let mut s = tls_connect(srv.local_addr(), &client_config(&certs.ca, false)).unwrap();
+    let chunk: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    let mut back = vec![0u8; chunk.len()];
+    for _ in 0..10 {
+        s.write_all(&chunk).unwrap();
+        s.flush().unwrap();
+        s.read_exact(&mut back).unwrap();
+        assert!(back == chunk, "echoed bytes differ");
+    }
+    drop(s);
+    let c = wait_stats(&srv, |c| c.open == 0);
+    assert_eq!((c.buffers_lent, c.tls_open, c.io_errors), (0, 0, 0), "{c}");
+}
