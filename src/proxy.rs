@@ -89,7 +89,12 @@ pub fn parse(mode: ProxyMode, input: &[u8]) -> Parsed {
     if !looks_like_header(input) {
         return Parsed::Refused(Refusal::Missing);
     }
-    let v2 = input[0] == V2_SIGNATURE[0];
+    // Decide on the version only once its signature is whole: a prefix of either might
+    // still turn out to be no header at all.
+    let v2 = input.starts_with(V2_SIGNATURE);
+    if !v2 && !input.starts_with(b"PROXY ") {
+        return Parsed::Incomplete;
+    }
     let allowed = match mode {
         ProxyMode::Off => false,
         ProxyMode::V1 => !v2,
@@ -322,6 +327,22 @@ mod tests {
         assert_eq!(
             parse(ProxyMode::V2, &big),
             Parsed::Refused(Refusal::Oversized)
+        );
+    }
+
+    /// Found by fuzzing: the reason for a refusal must not depend on how much of the
+    /// input had arrived (a prefix of "PROXY " in v2-only mode was "malformed", the
+    /// whole input "missing").
+    #[test]
+    fn a_prefix_of_a_signature_is_incomplete_not_refused() {
+        for mode in [ProxyMode::V1, ProxyMode::V2, ProxyMode::Any] {
+            assert_eq!(parse(mode, b"PROX"), Parsed::Incomplete);
+            assert_eq!(parse(mode, b"\r\n\r\n\0"), Parsed::Incomplete);
+            assert_eq!(parse(mode, b"PROXZ"), Parsed::Refused(Refusal::Missing));
+        }
+        assert_eq!(
+            parse(ProxyMode::V2, b"PROXY "),
+            Parsed::Refused(Refusal::Malformed)
         );
     }
 
