@@ -146,7 +146,12 @@ fn one_address_cannot_take_every_slot() {
     drop(mine);
     let line = srv
         .wait_for_line_after(from, |l| {
-            l.contains(" stats ") && counters(l).get("open") == Some(&1)
+            // rejected_per_ip too: a line from before the drop (when the first of the
+            // three was the only one open) may still be on its way from the log pipe.
+            let c = counters(l);
+            l.contains(" stats ")
+                && c.get("open") == Some(&1)
+                && c.get("rejected_per_ip") == Some(&1)
         })
         .expect("the three closed");
     let stats = counters(&line);
