@@ -242,12 +242,6 @@ fn run(opts: &Opts) -> Report {
         closed_by_server += r.closed_by_server;
     }
     let established = shared.sum(|p| &p.established);
-    if let Some(path) = &opts.hdr_out
-        && let Err(e) = crate::report::write_distribution(path, &hist)
-    {
-        eprintln!("reactor-bench: --hdr-out {}: {e}", path.display());
-    }
-    let ms = |us: u64| us as f64 / 1000.0;
     let mut report = Report {
         protocol: Some(opts.protocol),
         mode: Some(opts.mode),
@@ -264,14 +258,7 @@ fn run(opts: &Opts) -> Report {
         requests_failed: shared.sum(|p| &p.failed),
         requests_per_sec: ok_measured as f64 / seconds,
         mb_per_sec: bytes_measured as f64 / seconds / 1e6,
-        latency: Latency {
-            avg_ms: hist.mean() / 1000.0,
-            p50_ms: ms(hist.value_at_quantile(0.50)),
-            p90_ms: ms(hist.value_at_quantile(0.90)),
-            p99_ms: ms(hist.value_at_quantile(0.99)),
-            p999_ms: ms(hist.value_at_quantile(0.999)),
-            max_ms: ms(hist.max()),
-        },
+        latency: Latency::of(opts, &hist),
         server_rss_before_kib: rss_before,
         server_rss_peak_kib: rss_peak,
         server_bytes_per_conn: match (rss_before, rss_peak) {

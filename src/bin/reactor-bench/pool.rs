@@ -162,12 +162,6 @@ fn drive<C: Codec>(
         failed += t.failed;
         first_error = first_error.or(t.first_error);
     }
-    if let Some(path) = &opts.hdr_out
-        && let Err(e) = crate::report::write_distribution(path, &hist)
-    {
-        eprintln!("reactor-bench: --hdr-out {}: {e}", path.display());
-    }
-    let ms = |us: u64| us as f64 / 1000.0;
     let c = &stats.closed;
     let mut report = Report {
         protocol: Some(opts.protocol),
@@ -186,14 +180,7 @@ fn drive<C: Codec>(
         requests_per_sec: ok_measured as f64 / seconds,
         // The codecs hand over replies, not byte counts.
         mb_per_sec: 0.0,
-        latency: Latency {
-            avg_ms: hist.mean() / 1000.0,
-            p50_ms: ms(hist.value_at_quantile(0.50)),
-            p90_ms: ms(hist.value_at_quantile(0.90)),
-            p99_ms: ms(hist.value_at_quantile(0.99)),
-            p999_ms: ms(hist.value_at_quantile(0.999)),
-            max_ms: ms(hist.max()),
-        },
+        latency: Latency::of(opts, &hist),
         server_rss_before_kib: rss_before,
         server_rss_peak_kib: opts.server_pid.and_then(rss_kib),
         server_bytes_per_conn: None,

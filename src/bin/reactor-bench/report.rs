@@ -240,3 +240,24 @@ pub(crate) fn write_distribution(
     let _ = writeln!(out, "# max {:.3}", hist.max() as f64 / 1000.0);
     std::fs::write(path, out)
 }
+
+impl Latency {
+    /// The figures of `hist` (microseconds); with `--hdr-out`, also writes its
+    /// distribution there.
+    pub(crate) fn of(opts: &crate::options::Opts, hist: &hdrhistogram::Histogram<u64>) -> Latency {
+        if let Some(path) = &opts.hdr_out
+            && let Err(e) = write_distribution(path, hist)
+        {
+            eprintln!("reactor-bench: --hdr-out {}: {e}", path.display());
+        }
+        let ms = |us: u64| us as f64 / 1000.0;
+        Latency {
+            avg_ms: hist.mean() / 1000.0,
+            p50_ms: ms(hist.value_at_quantile(0.50)),
+            p90_ms: ms(hist.value_at_quantile(0.90)),
+            p99_ms: ms(hist.value_at_quantile(0.99)),
+            p999_ms: ms(hist.value_at_quantile(0.999)),
+            max_ms: ms(hist.max()),
+        }
+    }
+}
