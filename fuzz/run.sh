@@ -8,7 +8,8 @@
 # `cargo +nightly fuzz run TARGET -- -max_total_time=SECONDS ...`, and prints for each
 # target the executions and the CPU seconds it took. Exits non-zero if any target
 # crashed (or hung), after printing the panic and the artifact's path; replay one with
-# `cargo +nightly fuzz run TARGET ARTIFACT`. FUZZ_ARGS adds libFuzzer options;
+# `cargo +nightly fuzz run TARGET ARTIFACT`. FUZZ_JOBS runs that many targets at once
+# (default 1). FUZZ_ARGS adds libFuzzer options;
 # FUZZ_FEATURES=tolerate-known fuzzes on past the bugs listed in fuzz/regressions.md.
 set -euo pipefail
 
@@ -53,13 +54,18 @@ for t in "${targets[@]}"; do
         echo "fuzz/run.sh: no target '$t' (no fuzz/seeds/$t)" >&2
         exit 2
     fi
+done
+
+# Fuzzes one target; leaves its summary line in target/logs/T.line and its exit code
+# in target/logs/T.rc.
+fuzz_one() {
+    local t=$1 log rc=0 user sys cpu runs corpus line
     mkdir -p "corpus/$t" "artifacts/$t"
     for seed in "seeds/$t"/*; do
         [ -e "corpus/$t/${seed##*/}" ] || cp "$seed" "corpus/$t/"
     done
     log="target/logs/$t.log"
     echo "== fuzzing $t for ${secs}s (log: fuzz/$log)"
-    rc=0
     # `time` reports the CPU of the whole run (cargo's check that the build is fresh
     # included) on the group's stderr.
     { time cargo +nightly fuzz run "${features[@]}" "$t" -- \
@@ -75,7 +81,6 @@ for t in "${targets[@]}"; do
     corpus=$(find "corpus/$t" -type f | wc -l)
     line="$t: ${runs:-0} executions, ${cpu} CPU seconds, corpus ${corpus} inputs"
     if [ "$rc" -ne 0 ]; then
-        failed+=("$t")
         line="$line, FAILED (exit $rc)"
         echo "-- $t failed (from fuzz/$log):"
         # The panic (or sanitizer report) and where libFuzzer wrote the input.
@@ -85,7 +90,25 @@ for t in "${targets[@]}"; do
         grep -h -m 1 'Test unit written to' "$log" || true
     fi
     echo "$line"
-    summary+=("$line")
+    echo "$line" >"target/logs/$t.line"
+    echo "$rc" >"target/logs/$t.rc"
+}
+
+# FUZZ_JOBS targets at a time (CI: one per core).
+jobs=${FUZZ_JOBS:-1}
+running=0
+for t in "${targets[@]}"; do
+    fuzz_one "$t" &
+    running=$((running + 1))
+    if [ "$running" -ge "$jobs" ]; then
+        wait -n || true
+        running=$((running - 1))
+    fi
+done
+wait || true
+for t in "${targets[@]}"; do
+    summary+=("$(cat "target/logs/$t.line")")
+    [ "$(cat "target/logs/$t.rc")" = 0 ] || failed+=("$t")
 done
 
 echo "== summary (${secs}s per target)"
