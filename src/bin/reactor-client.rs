@@ -79,12 +79,12 @@ fn main() {
 
 fn run_plain(opts: &Opts) -> Result<(), String> {
     match opts.protocol {
-        Proto::Echo => run(&opts, Echo, |m| m.into_bytes(), |r| r),
-        Proto::Http => run(&opts, Http::default(), |m| m, |r| r.body),
+        Proto::Echo => run(opts, Echo, |m| m.into_bytes(), |r| r),
+        Proto::Http => run(opts, Http::default(), |m| m, |r| r.body),
         Proto::Json => {
             let mut uid = 0u64;
             run(
-                &opts,
+                opts,
                 Json::default(),
                 move |m| {
                     uid += 1;
