@@ -370,3 +370,109 @@ mod tests {
         assert!(n < 2048, "{n}");
     }
 }
+
+/// Which server certificates a TLS client (reactor-bench, reactor-client) accepts.
+#[derive(Clone, Debug)]
+pub enum Trust {
+    /// Those that chain to a certificate in this PEM file (`--ca FILE`).
+    Ca(PathBuf),
+    /// Any certificate (`--insecure`, for a self-signed one): the handshake's
+    /// signatures are still checked, the certificate's chain and name are not.
+    Any,
+}
+
+/// A client configuration (TLS 1.2 and 1.3, ring's algorithms) for the project's own
+/// tools.
+pub fn client_config(trust: &Trust, alpn: &[Vec<u8>]) -> io::Result<Arc<rustls::ClientConfig>> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| invalid(format!("TLS versions: {e}")))?;
+    let mut cfg = match trust {
+        Trust::Ca(path) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in CertificateDer::pem_file_iter(path)
+                .map_err(|e| invalid(format!("--ca {}: {e}", path.display())))?
+            {
+                let c = c.map_err(|e| invalid(format!("--ca {}: {e}", path.display())))?;
+                roots
+                    .add(c)
+                    .map_err(|e| invalid(format!("--ca {}: {e}", path.display())))?;
+            }
+            if roots.is_empty() {
+                return Err(invalid(format!(
+                    "--ca {}: no certificate in it",
+                    path.display()
+                )));
+            }
+            builder.with_root_certificates(roots).with_no_client_auth()
+        }
+        Trust::Any => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyCert(provider)))
+            .with_no_client_auth(),
+    };
+    cfg.alpn_protocols = alpn.to_vec();
+    Ok(Arc::new(cfg))
+}
+
+/// The server name to present and check: `name` if given, else the address's IP.
+pub fn server_name(
+    name: Option<&str>,
+    ip: std::net::IpAddr,
+) -> io::Result<rustls_pki_types::ServerName<'static>> {
+    match name {
+        Some(n) => rustls_pki_types::ServerName::try_from(n.to_string())
+            .map_err(|e| invalid(format!("server name {n:?}: {e}"))),
+        None => Ok(rustls_pki_types::ServerName::IpAddress(ip.into())),
+    }
+}
+
+/// `--insecure`: accepts any certificate, checks the handshake's signatures.
+#[derive(Debug)]
+struct AnyCert(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCert {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &rustls_pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}

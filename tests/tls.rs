@@ -551,3 +551,205 @@ fn a_megabyte_echoes_back_over_tls_in_split_records() {
     let c = wait_stats(&srv, |c| c.open == 0);
     assert_eq!((c.buffers_lent, c.tls_open, c.io_errors), (0, 0, 0), "{c}");
 }
+
+/// Runs a tool with `args` (split at spaces) plus `extra`; returns the exit code,
+/// standard output and standard error.
+fn run_tool(bin: &str, args: &str, extra: &[&std::ffi::OsStr]) -> (Option<i32>, String, String) {
+    let out = Command::new(bin)
+        .args(args.split_whitespace())
+        .args(extra)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run the tool");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn bench_json(args: &str, extra: &[&std::ffi::OsStr]) -> serde_json::Value {
+    let (code, out, err) = run_tool(env!("CARGO_BIN_EXE_reactor-bench"), args, extra);
+    assert_eq!(code, Some(0), "reactor-bench {args}: {err}\n{out}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+#[test]
+fn reactor_bench_tls_loads_each_protocol_with_a_ca() {
+    if !have("openssl") {
+        return;
+    }
+    let certs = Certs::make("bench");
+    let ca = ["--ca".as_ref(), certs.ca.as_os_str()];
+    for (proto, pipeline) in [("http", 1), ("echo", 4), ("json", 2)] {
+        let srv = in_process(&format!("--protocol {proto} {}", certs.args()));
+        let r = bench_json(
+            &format!(
+                "--addr {} --protocol {proto} --tls --server-name localhost --conns 8 \
+                 --threads 2 --pipeline {pipeline} --requests 50 --json --quiet",
+                srv.local_addr()
+            ),
+            &ca,
+        );
+        assert_eq!(r["requests_ok"], 8 * 50, "{proto}: {r}");
+        assert_eq!(r["requests_failed"], 0, "{proto}: {r}");
+        let c = wait_stats(&srv, |c| c.tls_handshakes == 8);
+        assert_eq!(c.tls_handshake_failures(), 0, "{proto}: {c}");
+        if proto != "echo" {
+            // (echo counts reads, not messages)
+            assert_eq!(c.requests, 8 * 50, "{proto}: {c}");
+        }
+    }
+}
+
+#[test]
+fn reactor_bench_tls_new_connection_per_request_and_idle_mode() {
+    if !have("openssl") {
+        return;
+    }
+    let certs = Certs::make("bench-new");
+    let srv = in_process(&format!("--protocol http {}", certs.args()));
+    let addr = srv.local_addr();
+    // --insecure: the name (127.0.0.1) and chain are not checked.
+    let r = bench_json(
+        &format!(
+            "--addr {addr} --tls --insecure --conns 4 --conn-requests 1 --duration 1 --json --quiet"
+        ),
+        &[],
+    );
+    let ok = r["requests_ok"].as_u64().unwrap();
+    assert!(ok > 4, "{r}");
+    assert_eq!(
+        r["conns_established"].as_u64(),
+        Some(ok),
+        "a handshake per request: {r}"
+    );
+    let c = wait_stats(&srv, |c| c.open == 0 && c.requests >= ok);
+    assert!(c.tls_handshakes >= ok, "{c}");
+    // Only connections opened just before the end may be dropped mid-handshake.
+    assert_eq!((c.tls_fail_protocol, c.tls_fail_not_tls), (0, 0), "{c}");
+
+    // Idle: every handshake completes, every connection stays open.
+    let r = bench_json(
+        &format!(
+            "--addr {addr} --tls --insecure --mode idle --conns 50 --duration 0.5 --json --quiet"
+        ),
+        &[],
+    );
+    assert_eq!(r["conns_established"], 50, "{r}");
+    assert_eq!(r["conns_closed_by_server"], 0, "{r}");
+    let c = wait_stats(&srv, |c| c.open == 0);
+    assert!(c.tls_handshakes >= ok + 50, "{c}");
+}
+
+#[test]
+fn reactor_bench_tls_refuses_a_wrong_ca_pool_mode_and_no_trust() {
+    if !have("openssl") {
+        return;
+    }
+    let certs = Certs::make("bench-bad");
+    let other = Certs::make("bench-other");
+    let srv = in_process(&format!("--protocol http {}", certs.args()));
+    let addr = srv.local_addr();
+    let bin = env!("CARGO_BIN_EXE_reactor-bench");
+    let (code, _, err) = run_tool(
+        bin,
+        &format!("--addr {addr} --tls --server-name localhost --conns 2 --requests 1 --quiet"),
+        &["--ca".as_ref(), other.ca.as_os_str()],
+    );
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("connections failed"), "{err}");
+    let (code, _, err) = run_tool(
+        bin,
+        &format!("--addr {addr} --tls --insecure --pool 2"),
+        &[],
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--pool"), "{err}");
+    let (code, _, err) = run_tool(bin, &format!("--addr {addr} --tls --requests 1"), &[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--ca FILE or --insecure"), "{err}");
+}
+
+#[test]
+fn reactor_client_tls_prints_replies_in_each_protocol() {
+    if !have("openssl") {
+        return;
+    }
+    let certs = Certs::make("client");
+    let other = Certs::make("client-other");
+    let bin = env!("CARGO_BIN_EXE_reactor-client");
+    let ca = ["--ca".as_ref(), certs.ca.as_os_str()];
+    let http = in_process(&format!("--protocol http {}", certs.args()));
+    let port = http.local_addr().port();
+    let (code, out, err) = run_tool(bin, &format!("--addr localhost:{port} --tls / /a"), &ca);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out, "Hello, World!\nHello, World!\n");
+    let (code, out, err) = run_tool(
+        bin,
+        &format!("--addr 127.0.0.1:{port} --tls --insecure /"),
+        &[],
+    );
+    assert_eq!((code, out.as_str()), (Some(0), "Hello, World!\n"), "{err}");
+    let (code, _, err) = run_tool(
+        bin,
+        &format!("--addr localhost:{port} --tls /"),
+        &["--ca".as_ref(), other.ca.as_os_str()],
+    );
+    assert_eq!(code, Some(1), "a certificate from another CA: {err}");
+    assert!(err.contains("certificate"), "{err}");
+
+    let echo = in_process(&format!("--protocol echo {}", certs.args()));
+    let (code, out, err) = run_tool(
+        bin,
+        &format!(
+            "--addr {} --protocol echo --tls --server-name localhost one two",
+            echo.local_addr()
+        ),
+        &ca,
+    );
+    assert_eq!((code, out.as_str()), (Some(0), "one\ntwo\n"), "{err}");
+
+    let json = in_process(&format!("--protocol json {}", certs.args()));
+    let (code, out, err) = run_tool(
+        bin,
+        &format!(
+            "--addr {} --protocol json --tls --insecure x",
+            json.local_addr()
+        ),
+        &[],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out, format!("{}\n", reactor::wire::json::hello("x")));
+    let c = wait_stats(&http, |c| c.open == 0);
+    assert_eq!((c.tls_handshakes, c.requests), (2, 3), "{c}");
+}
+
+#[test]
+fn h2load_h1_over_tls_has_zero_failures() {
+    if !have("openssl") || !have("h2load") {
+        return;
+    }
+    let certs = Certs::make("h2load");
+    let srv = in_process(&format!("--protocol http {}", certs.args()));
+    let out = Command::new("h2load")
+        .args(["--h1", "-n", "2000", "-c", "20", "-m", "4", "-t", "1"])
+        .arg(format!("https://127.0.0.1:{}/", srv.local_addr().port()))
+        .output()
+        .expect("run h2load");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "h2load: {text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("2000 total, 2000 started, 2000 done, 2000 succeeded, 0 failed, 0 errored"),
+        "{text}"
+    );
+    assert!(text.contains("status codes: 2000 2xx"), "{text}");
+    assert!(text.contains("TLSv1.3"), "{text}");
+    let c = wait_stats(&srv, |c| c.open == 0 && c.requests == 2000);
+    assert_eq!(c.tls_handshakes, 20, "{c}");
+    assert_eq!(c.tls_handshake_failures(), 0, "{c}");
+}

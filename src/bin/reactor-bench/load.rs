@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
+use rustls::pki_types::ServerName;
 use slab::Slab;
 use socket2::{Domain, Socket, Type};
 
@@ -71,6 +72,8 @@ pub(crate) struct Inflight {
 
 pub(crate) enum St {
     Connecting,
+    /// TLS: connected, the handshake under way.
+    Handshaking,
     Ready,
 }
 
@@ -86,6 +89,8 @@ pub(crate) struct Client {
     pub(crate) sent: u64,
     pub(crate) answered: u64,
     pub(crate) want_write: bool,
+    /// --tls: the session around `sock`; `wbuf` and `rbuf` hold plaintext.
+    pub(crate) tls: Option<Box<rustls::ClientConnection>>,
 }
 
 pub(crate) struct Worker {
@@ -107,6 +112,10 @@ pub(crate) struct Worker {
     pub(crate) next_conn_id: u64,
     pub(crate) interval_ns: u64,
     pub(crate) expect: Vec<u8>,
+    /// --tls: the client configuration and the server name.
+    pub(crate) tls: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>,
+    /// --conn-requests: connections closed after their share, to open anew.
+    pub(crate) replace: usize,
 }
 
 pub(crate) fn now_ns(shared: &Shared) -> u64 {
@@ -144,6 +153,13 @@ impl Worker {
             Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
             Err(e) => return Err(e),
         }
+        let tls = match &self.tls {
+            Some((cfg, name)) => Some(Box::new(
+                rustls::ClientConnection::new(cfg.clone(), name.clone())
+                    .map_err(io::Error::other)?,
+            )),
+            None => None,
+        };
         let mut sock = TcpStream::from_std(socket.into());
         let entry = self.clients.vacant_entry();
         self.poll.registry().register(
@@ -163,6 +179,7 @@ impl Worker {
             sent: 0,
             answered: 0,
             want_write: true,
+            tls,
         });
         Ok(())
     }
@@ -170,6 +187,7 @@ impl Worker {
     pub(crate) fn may_send(&self, c: &Client) -> bool {
         !self.shared.stop_sending.load(Ordering::Relaxed)
             && self.opts.requests.is_none_or(|n| c.sent < n)
+            && self.opts.conn_requests.is_none_or(|n| c.sent < n)
     }
 
     /// Closed loop: keep the pipeline full.
@@ -190,6 +208,9 @@ impl Worker {
 
     pub(crate) fn flush(&mut self, key: usize) -> Result<(), String> {
         let c = &mut self.clients[key];
+        if let Some(tls) = c.tls.as_mut() {
+            return flush_tls(tls, &mut c.sock, &mut c.wbuf);
+        }
         let mut off = 0;
         while off < c.wbuf.len() {
             match c.sock.write(&c.wbuf[off..]) {
@@ -228,23 +249,14 @@ impl Worker {
                 Ok(None) => {}
             }
             match c.sock.peer_addr() {
-                Ok(_) => {
-                    c.st = St::Ready;
-                    self.local[EST] += 1;
-                    if self.opts.rate.is_some() && self.opts.mode == Mode::Load {
-                        // Spread the connections' send times evenly over one
-                        // interval, so that the rate is smooth, not bursts.
-                        let n = (self.opts.conns / self.opts.threads).max(1) as u64;
-                        let jitter = self.interval_ns * (key as u64 % n) / n;
-                        let id = c.id;
-                        self.schedule
-                            .push(Reverse((now_ns(&self.shared) + jitter, key, id)));
-                    }
-                    self.top_up(key);
-                }
+                Ok(_) if c.tls.is_some() => c.st = St::Handshaking,
+                Ok(_) => self.ready(key),
                 Err(e) if e.kind() == io::ErrorKind::NotConnected => return,
                 Err(e) => return self.kill(key, format!("connect: {e}")),
             }
+        }
+        if self.clients[key].tls.is_some() {
+            return self.on_tls_event(key);
         }
         if self.opts.mode == Mode::Idle {
             return;
@@ -278,6 +290,87 @@ impl Worker {
         self.after_io(key);
     }
 
+    /// The connection is up (and, with TLS, its handshake done).
+    fn ready(&mut self, key: usize) {
+        let c = &mut self.clients[key];
+        c.st = St::Ready;
+        self.local[EST] += 1;
+        if self.opts.rate.is_some() && self.opts.mode == Mode::Load {
+            // Spread the connections' send times evenly over one
+            // interval, so that the rate is smooth, not bursts.
+            let n = (self.opts.conns / self.opts.threads).max(1) as u64;
+            let jitter = self.interval_ns * (key as u64 % n) / n;
+            let id = c.id;
+            self.schedule
+                .push(Reverse((now_ns(&self.shared) + jitter, key, id)));
+        }
+        self.top_up(key);
+    }
+
+    /// --tls: reads ciphertext, decrypts it into `rbuf`, completes the handshake, then
+    /// goes on as the plain path does.
+    fn on_tls_event(&mut self, key: usize) {
+        let c = &mut self.clients[key];
+        let Some(tls) = c.tls.as_mut() else { return };
+        let mut eof = false;
+        loop {
+            match tls.read_tls(&mut c.sock) {
+                Ok(0) => {
+                    eof = true;
+                    break;
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return self.kill(key, format!("read: {e}")),
+            }
+            if let Err(e) = tls.process_new_packets() {
+                // Send the alert, if any, before giving up.
+                let _ = tls.write_tls(&mut c.sock);
+                return self.kill(key, format!("TLS: {e}"));
+            }
+            loop {
+                match tls.reader().read(&mut self.scratch) {
+                    Ok(0) => {
+                        eof = true;
+                        break;
+                    }
+                    Ok(n) => {
+                        c.rbuf.extend_from_slice(&self.scratch[..n]);
+                        self.local[BYTES] += n as u64;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => return self.kill(key, format!("TLS read: {e}")),
+                }
+            }
+            if eof {
+                break;
+            }
+        }
+        if matches!(c.st, St::Handshaking) && !tls.is_handshaking() {
+            self.ready(key);
+        }
+        if self.opts.mode == Mode::Load {
+            if let Err(why) = self.parse(key) {
+                return self.kill(key, why);
+            }
+            if eof {
+                let c = &self.clients[key];
+                if c.inflight.is_empty() && !self.may_send(c) {
+                    self.clients.remove(key);
+                } else {
+                    self.kill(key, "server closed the connection".into());
+                }
+                return;
+            }
+            self.top_up(key);
+        } else if eof {
+            // Idle: the final count sees it closed.
+            return;
+        }
+        self.after_io(key);
+    }
+
     pub(crate) fn after_io(&mut self, key: usize) {
         if let Err(why) = self.flush(key) {
             return self.kill(key, why);
@@ -287,7 +380,16 @@ impl Worker {
             self.clients.remove(key);
             return;
         }
-        let want = !c.wbuf.is_empty();
+        if self.opts.conn_requests.is_some_and(|n| c.answered >= n) && c.inflight.is_empty() {
+            // A reset, not a FIN: no TIME_WAIT port left behind per connection.
+            let _ = socket2::SockRef::from(&c.sock).set_linger(Some(Duration::ZERO));
+            self.clients.remove(key);
+            if !self.shared.stop_sending.load(Ordering::Relaxed) {
+                self.replace += 1;
+            }
+            return;
+        }
+        let want = !c.wbuf.is_empty() || c.tls.as_ref().is_some_and(|t| t.wants_write());
         if want != c.want_write {
             c.want_write = want;
             let i = if want {
@@ -355,6 +457,17 @@ impl Worker {
                         if self.first_error.is_none() {
                             self.first_error = Some(format!("connect: {e}"));
                         }
+                    }
+                }
+            }
+            // --conn-requests: open anew those that finished their share.
+            while self.replace > 0 && !self.shared.stop_sending.load(Ordering::Relaxed) {
+                self.replace -= 1;
+                let n = self.next_conn_id as usize + 1;
+                if let Err(e) = self.connect(n) {
+                    self.local[CFAIL] += 1;
+                    if self.first_error.is_none() {
+                        self.first_error = Some(format!("connect: {e}"));
                     }
                 }
             }
@@ -437,4 +550,30 @@ impl Worker {
         result.first_error = self.first_error;
         result
     }
+}
+
+/// --tls: hands the plaintext to rustls and writes what it has to send.
+fn flush_tls(
+    tls: &mut rustls::ClientConnection,
+    sock: &mut TcpStream,
+    wbuf: &mut Vec<u8>,
+) -> Result<(), String> {
+    if !wbuf.is_empty() {
+        // Before the handshake completes rustls buffers it (up to its limit).
+        let n = tls
+            .writer()
+            .write(wbuf)
+            .map_err(|e| format!("TLS write: {e}"))?;
+        wbuf.drain(..n);
+    }
+    while tls.wants_write() {
+        match tls.write_tls(sock) {
+            Ok(0) => return Err("write returned 0".into()),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(format!("write: {e}")),
+        }
+    }
+    Ok(())
 }

@@ -26,6 +26,9 @@ use hdrhistogram::Histogram;
 use mio::Poll;
 use slab::Slab;
 
+use reactor::tls::{self, Trust};
+use rustls::pki_types::ServerName;
+
 use load::{Progress, Shared, Worker, WorkerResult};
 use options::{Mode, Opts, Proto};
 use procfs::{clock_ticks_per_sec, cpu_ticks, own_cpu_secs, rss_kib};
@@ -46,6 +49,18 @@ fn main() {
         std::process::exit(2);
     }
     let _ = reactor::listener::raise_nofile_limit();
+    if opts.tls && opts.pool.is_some() {
+        eprintln!("reactor-bench: --tls is not supported with --pool (use the load loop)");
+        std::process::exit(2);
+    }
+    if opts.tls && opts.ca.is_none() && !opts.insecure {
+        eprintln!("reactor-bench: --tls needs --ca FILE or --insecure");
+        std::process::exit(2);
+    }
+    if opts.conn_requests == Some(0) {
+        eprintln!("reactor-bench: --conn-requests must be at least 1");
+        std::process::exit(2);
+    }
     let report = match opts.pool {
         Some(0) => {
             eprintln!("reactor-bench: --pool must be at least 1");
@@ -77,7 +92,33 @@ fn main() {
     }
 }
 
+fn tls_setup(opts: &Opts) -> Option<(Arc<rustls::ClientConfig>, ServerName<'static>)> {
+    if !opts.tls {
+        return None;
+    }
+    let trust = match &opts.ca {
+        Some(ca) => Trust::Ca(ca.clone()),
+        None => Trust::Any,
+    };
+    let alpn = match opts.protocol {
+        Proto::Http => vec![b"http/1.1".to_vec()],
+        _ => Vec::new(),
+    };
+    let setup = tls::client_config(&trust, &alpn).and_then(|cfg| {
+        let name = tls::server_name(opts.server_name.as_deref(), opts.addr.ip())?;
+        Ok((cfg, name))
+    });
+    match setup {
+        Ok(s) => Some(s),
+        Err(e) => {
+            eprintln!("reactor-bench: {e}");
+            std::process::exit(2);
+        }
+    }
+}
+
 fn run(opts: &Opts) -> Report {
+    let tls = tls_setup(opts);
     let threads = opts.threads.min(opts.conns);
     let shared = Arc::new(Shared {
         start: Instant::now(),
@@ -114,6 +155,8 @@ fn run(opts: &Opts) -> Report {
             next_conn_id: 0,
             interval_ns,
             expect: Vec::new(),
+            tls: tls.clone(),
+            replace: 0,
         };
         let handle = std::thread::Builder::new()
             .name(format!("worker {id}"))

@@ -94,6 +94,26 @@ pub(crate) struct Opts {
     /// not apply; --requests is per client).
     #[arg(long)]
     pub(crate) pool: Option<usize>,
+    /// TLS to the server (rustls; ALPN http/1.1 for --protocol http). Needs --ca or
+    /// --insecure. Not with --pool.
+    #[arg(long)]
+    pub(crate) tls: bool,
+    /// TLS: accept the server certificates that chain to this PEM file.
+    #[arg(long, requires = "tls", conflicts_with = "insecure")]
+    pub(crate) ca: Option<std::path::PathBuf>,
+    /// TLS: accept any server certificate (a self-signed one); signatures are still
+    /// checked.
+    #[arg(long, requires = "tls")]
+    pub(crate) insecure: bool,
+    /// TLS: the server name to send and check (default: the --addr IP).
+    #[arg(long, requires = "tls")]
+    pub(crate) server_name: Option<String>,
+    /// Load mode: close each connection after this many answers and open a new one in
+    /// its place until the duration ends (1 = a new connection, and with --tls a new
+    /// handshake, per request). Closed with a reset (SO_LINGER 0), so that the client
+    /// keeps no TIME_WAIT ports.
+    #[arg(long, conflicts_with = "requests")]
+    pub(crate) conn_requests: Option<u64>,
     /// Pool mode: client threads sharing the pool.
     #[arg(long, default_value_t = 16)]
     pub(crate) clients: usize,
