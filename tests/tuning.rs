@@ -423,6 +423,7 @@ fn scripts_are_shellcheck_clean() {
         "benches/compare.sh",
         "benches/workers.sh",
         "benches/chart.sh",
+        "benches/tls.sh",
         "deploy/reload.sh",
         ".ci/run",
     ];
