@@ -191,6 +191,17 @@ impl Worker {
     }
 
     /// Closed loop: keep the pipeline full.
+    /// The server closed the connection: fine when nothing is owed and nothing more was
+    /// to be sent on it, a failure otherwise.
+    fn peer_closed(&mut self, key: usize) {
+        let c = &self.clients[key];
+        if c.inflight.is_empty() && !self.may_send(c) {
+            self.clients.remove(key);
+        } else {
+            self.kill(key, "server closed the connection".into());
+        }
+    }
+
     pub(crate) fn top_up(&mut self, key: usize) {
         if self.opts.rate.is_some() || self.opts.mode == Mode::Idle {
             return;
@@ -265,15 +276,7 @@ impl Worker {
         loop {
             let c = &mut self.clients[key];
             match c.sock.read(&mut self.scratch) {
-                Ok(0) => {
-                    let c = &self.clients[key];
-                    if c.inflight.is_empty() && !self.may_send(c) {
-                        self.clients.remove(key);
-                    } else {
-                        self.kill(key, "server closed the connection".into());
-                    }
-                    return;
-                }
+                Ok(0) => return self.peer_closed(key),
                 Ok(n) => {
                     c.rbuf.extend_from_slice(&self.scratch[..n]);
                     self.local[BYTES] += n as u64;
@@ -355,13 +358,7 @@ impl Worker {
                 return self.kill(key, why);
             }
             if eof {
-                let c = &self.clients[key];
-                if c.inflight.is_empty() && !self.may_send(c) {
-                    self.clients.remove(key);
-                } else {
-                    self.kill(key, "server closed the connection".into());
-                }
-                return;
+                return self.peer_closed(key);
             }
             self.top_up(key);
         } else if eof {
