@@ -619,9 +619,11 @@ fn reactor_bench_tls_new_connection_per_request_and_idle_mode() {
     );
     let ok = r["requests_ok"].as_u64().unwrap();
     assert!(ok > 4, "{r}");
-    assert_eq!(
-        r["conns_established"].as_u64(),
-        Some(ok),
+    // A handshake per request: one connection per answer, plus at most one per slot
+    // whose handshake finished as the run ended, before its request was answered.
+    let established = r["conns_established"].as_u64().unwrap();
+    assert!(
+        (ok..=ok + 4).contains(&established),
         "a handshake per request: {r}"
     );
     let c = wait_stats(&srv, |c| c.open == 0 && c.requests >= ok);
