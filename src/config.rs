@@ -220,13 +220,24 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let n: u64 = num
         .parse()
         .map_err(|_| format!("`{s}` is not a duration (try 30s or 250ms)"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        _ => Err(format!("`{s}`: unknown unit `{unit}` (use ms, s or m)")),
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        _ => return Err(format!("`{s}`: unknown unit `{unit}` (use ms, s or m)")),
+    };
+    if d > MAX_DURATION {
+        return Err(format!(
+            "`{s}` is longer than the longest duration, 20 days"
+        ));
     }
+    Ok(d)
 }
+
+/// The longest duration a flag takes: a connection keeps its times as 32-bit
+/// millisecond stamps, read back within 49 days (`conn::Stamp`), and a deadline must
+/// stay well inside that.
+pub const MAX_DURATION: Duration = Duration::from_secs(20 * 86_400);
 
 #[cfg(test)]
 mod tests {
@@ -239,6 +250,9 @@ mod tests {
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert!(parse_duration("fast").is_err());
         assert!(parse_duration("3h").is_err());
+        assert_eq!(parse_duration("28800m"), Ok(MAX_DURATION));
+        assert!(parse_duration("28801m").is_err());
+        assert!(parse_duration("99999999999999999m").is_err());
     }
 
     #[test]

@@ -41,6 +41,8 @@ use crate::workers::{Pool, Task};
 const READ_BUDGET: usize = 256 * 1024;
 /// The size of the shard's read buffer.
 const SCRATCH: usize = 64 * 1024;
+/// The starting size of the shard's output scratch (it grows if a decode needs more).
+const OUT_SCRATCH: usize = 64 * 1024;
 
 /// What a shard needs from the configuration.
 #[derive(Clone, Debug)]
@@ -114,8 +116,12 @@ pub(crate) struct ConnIo<H: Handler> {
     pub handler: Arc<H>,
     pub set: Settings,
     pub pool: BufferPool,
-    pub wheel: TimerWheel<usize>,
+    pub wheel: TimerWheel<u32>,
     scratch: Box<[u8]>,
+    /// Answers are encoded here and written straight from here; only what the socket
+    /// does not take is copied into a pooled buffer of the connection (the mirror of
+    /// how input is read). Empty between two decodes.
+    out: BytesMut,
     pub clock: Clock,
     /// Milliseconds since the shard started, read once per turn.
     pub now: u64,
@@ -145,7 +151,7 @@ fn interrupted(e: &io::Error) -> bool {
 }
 
 impl<H: Handler> ConnIo<H> {
-    pub fn new(handler: Arc<H>, set: Settings, wheel: TimerWheel<usize>) -> Self {
+    pub fn new(handler: Arc<H>, set: Settings, wheel: TimerWheel<u32>) -> Self {
         let tls = set.tls.is_some();
         let mut io = ConnIo {
             handler,
@@ -153,6 +159,7 @@ impl<H: Handler> ConnIo<H> {
             set,
             wheel,
             scratch: vec![0u8; SCRATCH].into_boxed_slice(),
+            out: BytesMut::with_capacity(OUT_SCRATCH),
             clock: Clock::default(),
             now: 0,
             stats: Counters::default(),
@@ -204,7 +211,7 @@ impl<H: Handler> ConnIo<H> {
         self.flush(reg, conn, key)?;
         let mut budget = READ_BUDGET;
         loop {
-            if conn.held_until != 0 || conn.stage != Stage::Serving {
+            if conn.held_until() != 0 || conn.stage != Stage::Serving {
                 break;
             }
             if conn.backlog() >= self.set.high_water {
@@ -233,7 +240,7 @@ impl<H: Handler> ConnIo<H> {
             }
             // (bytes read from the socket, plaintext bytes in the scratch buffer, whether
             // the read was short)
-            let (raw, n, short) = match conn.tls {
+            let (raw, n, short) = match conn.tls() {
                 None => match conn.sock.read(&mut self.scratch) {
                     Ok(n) => (n, n, n < self.scratch.len()),
                     Err(e) if would_block(&e) => break,
@@ -251,14 +258,14 @@ impl<H: Handler> ConnIo<H> {
             }
             budget = budget.saturating_sub(raw);
             self.stats.bytes_in += raw as u64;
-            conn.last_active = self.now;
+            conn.last_active = Stamp::at(self.now);
             if n > 0 {
                 if conn.has(SPOOF_CHECK) {
                     self.check_spoof(conn, n)?;
                 }
                 self.feed(conn, key, n);
             }
-            if conn.tls.is_some() {
+            if conn.tls().is_some() {
                 self.tls_in_request(conn, n);
             }
             // Edge-triggered: a read shorter than the buffer emptied the socket, and
@@ -269,24 +276,26 @@ impl<H: Handler> ConnIo<H> {
             }
         }
         self.flush(reg, conn, key)?;
-        if conn.stage == Stage::Closing && conn.output.is_none() && conn.jobs.is_none() {
+        if conn.stage == Stage::Closing && conn.output().is_none() && conn.jobs().is_none() {
             // Half-close and read until the peer closes, so that unread request bytes
             // do not turn our close into a reset that destroys the answer in flight.
-            if let Some(b) = conn.input.take() {
-                self.pool.put(b);
-            }
-            if let Some(tls) = conn.tls.as_deref_mut() {
-                send_close_notify(tls, &mut conn.sock, &mut self.segment);
+            if let Some(busy) = conn.busy.as_deref_mut() {
+                if let Some(b) = busy.input.take() {
+                    self.pool.put(b);
+                }
+                if let Some(tls) = busy.tls.as_deref_mut() {
+                    send_close_notify(tls, &mut conn.sock, &mut self.segment);
+                }
             }
             let _ = conn.sock.shutdown(std::net::Shutdown::Write);
             conn.stage = Stage::Lingering;
-            conn.write_since = self.now;
+            conn.since = Stamp::at(self.now);
             return self.linger(conn, key);
         }
         if conn.has(PEER_EOF)
-            && conn.output.is_none()
-            && conn.jobs.is_none()
-            && conn.held_until == 0
+            && conn.output().is_none()
+            && conn.jobs().is_none()
+            && conn.held_until() == 0
             && !conn.has(DECODE_PENDING)
         {
             return Err(Close::Normal);
@@ -301,14 +310,15 @@ impl<H: Handler> ConnIo<H> {
     /// before the drain, its request on the way: it gets `--drain-grace` from its
     /// accept to send it.
     pub fn may_close_in_drain(&self, conn: &Conn<H::State>) -> bool {
-        conn.has(SERVED) || self.now >= conn.last_active + self.set.drain_grace_ms
+        conn.has(SERVED) || self.now >= conn.last_active.get(self.now) + self.set.drain_grace_ms
     }
 
     /// Reads a trusted peer's PROXY header. Bytes after it stay in the input buffer
     /// for the decoder.
     fn read_proxy_header(&mut self, conn: &mut Conn<H::State>, key: usize) -> Result<(), Close> {
         loop {
-            let buf = conn.input.get_or_insert_with(|| self.pool.get());
+            let busy = conn.busy.get_or_insert_with(Box::default);
+            let buf = busy.input.get_or_insert_with(|| self.pool.get());
             let room = proxy::MAX_HEADER + 1 - buf.len().min(proxy::MAX_HEADER);
             let n = match conn.sock.read(&mut self.scratch[..room]) {
                 Ok(0) => return Err(Close::Normal),
@@ -331,15 +341,13 @@ impl<H: Handler> ConnIo<H> {
                             self.proxied.push((key, client));
                         }
                     }
-                    conn.stage = Stage::Serving;
-                    if buf.is_empty() {
-                        if let Some(b) = conn.input.take() {
-                            self.pool.put(b);
-                        }
-                    } else {
-                        conn.set(DECODE_PENDING, true);
+                    let rest = !buf.is_empty();
+                    if !rest && let Some(b) = busy.input.take() {
+                        self.pool.put(b);
                     }
-                    conn.last_active = self.now;
+                    conn.stage = Stage::Serving;
+                    conn.set(DECODE_PENDING, rest);
+                    conn.last_active = Stamp::at(self.now);
                     return Ok(());
                 }
             }
@@ -350,7 +358,7 @@ impl<H: Handler> ConnIo<H> {
     /// for someone else: refuse it. Decided on the first bytes that settle it.
     fn check_spoof(&mut self, conn: &mut Conn<H::State>, n: usize) -> Result<(), Close> {
         let mut first = [0u8; 12];
-        let held = conn.input.as_deref().unwrap_or_default();
+        let held = conn.input().map_or(&[][..], |b| &b[..]);
         let k = held.len().min(first.len());
         first[..k].copy_from_slice(&held[..k]);
         let m = (first.len() - k).min(n);
@@ -392,7 +400,7 @@ impl<H: Handler> ConnIo<H> {
     }
 
     /// Hands `n` new bytes from the scratch buffer (or, with `n == 0`, what is already
-    /// buffered) to the decoder.
+    /// buffered) to the decoder, and writes its answers.
     fn feed(&mut self, conn: &mut Conn<H::State>, key: usize, n: usize) {
         let reserved = match self.offload.as_mut() {
             Some(off) if H::POOLED => {
@@ -403,11 +411,13 @@ impl<H: Handler> ConnIo<H> {
                     // bytes and wait for room, as if the check before the read had
                     // said so.
                     if n > 0 {
-                        conn.input
+                        conn.busy
+                            .get_or_insert_with(Box::default)
+                            .input
                             .get_or_insert_with(|| self.pool.get())
                             .extend_from_slice(&self.scratch[..n]);
                     }
-                    conn.set(DECODE_PENDING, conn.input.is_some());
+                    conn.set(DECODE_PENDING, conn.input().is_some());
                     off.pool.wake_on_room(off.inbox.waker());
                     off.room_stalled.push(key);
                     self.stats.stalls += 1;
@@ -423,14 +433,25 @@ impl<H: Handler> ConnIo<H> {
             out_limit: self
                 .set
                 .high_water
-                .saturating_sub(conn.jobs.as_ref().map_or(0, |j| j.held())),
+                .saturating_sub(conn.jobs().map_or(0, |j| j.held())),
             max_requests: if self.set.delay_ms > 0 { 1 } else { reserved },
         };
         let was_in_request = conn.has(IN_REQUEST);
-        let out = conn.output.get_or_insert_with(|| self.pool.get());
+        // Answers go to the shard's output scratch and straight to the socket, unless
+        // output is already waiting (they queue behind it), they are to be held, or
+        // TLS must encrypt them first.
+        let direct = conn.output().is_none() && conn.tls().is_none() && self.set.delay_ms == 0;
+        let mut out = if direct {
+            std::mem::take(&mut self.out)
+        } else {
+            conn.busy
+                .as_mut()
+                .and_then(|b| b.output.take())
+                .unwrap_or_else(|| self.pool.get())
+        };
         let out_start = out.len();
-        let mut calls = Calls::new(out, &mut self.calls);
-        let d: Decoded = match conn.input.as_mut() {
+        let mut calls = Calls::new(&mut out, &mut self.calls);
+        let d: Decoded = match conn.busy.as_mut().and_then(|b| b.input.as_mut()) {
             Some(input) => {
                 input.extend_from_slice(&self.scratch[..n]);
                 let d = self.handler.decode(&mut conn.state, input, &mut calls, &cx);
@@ -444,34 +465,40 @@ impl<H: Handler> ConnIo<H> {
                 if d.consumed < n && d.next != Next::Close {
                     let mut b = self.pool.get();
                     b.extend_from_slice(&self.scratch[d.consumed..n]);
-                    conn.input = Some(b);
+                    conn.busy().input = Some(b);
                 }
                 d
             }
         };
         let jobs = self.calls.len() as u64;
         if H::POOLED && self.offload.is_some() {
-            self.hand_over(conn, key, out_start, reserved);
+            self.hand_over(conn, key, &mut out, out_start, reserved);
         }
         let inline = (d.requests as u64).saturating_sub(jobs);
         if inline > 0 {
             // The first answer waited since its request's first byte; the others
             // completed in this read.
             let first = if was_in_request {
-                self.now.saturating_sub(conn.request_start)
+                self.now.saturating_sub(conn.since.get(self.now))
             } else {
                 0
             };
             self.stats.record_latency(first, 1);
             self.stats.record_latency(0, inline - 1);
         }
-        if conn.output.as_ref().is_some_and(|b| b.is_empty())
-            && let Some(b) = conn.output.take()
-        {
-            self.pool.put(b);
+        if direct {
+            self.out = out;
+            if !self.out.is_empty() {
+                self.write_direct(conn);
+            }
+        } else if out.is_empty() {
+            self.pool.put(out);
+        } else {
+            conn.busy().output = Some(out);
         }
-        if (conn.input.as_ref().is_some_and(|b| b.is_empty()) || d.next == Next::Close)
-            && let Some(b) = conn.input.take()
+        if let Some(busy) = conn.busy.as_deref_mut()
+            && (busy.input.as_ref().is_some_and(|b| b.is_empty()) || d.next == Next::Close)
+            && let Some(b) = busy.input.take()
         {
             self.pool.put(b);
         }
@@ -479,35 +506,62 @@ impl<H: Handler> ConnIo<H> {
         self.stats.bad_requests += d.errors as u64;
         conn.set(
             DECODE_PENDING,
-            d.next == Next::Yield && conn.input.is_some(),
+            d.next == Next::Yield && conn.input().is_some(),
         );
         if d.next == Next::Close {
             conn.stage = Stage::Closing;
         }
         if d.requests > 0 {
-            conn.last_active = self.now;
+            conn.last_active = Stamp::at(self.now);
             conn.set(SERVED, true);
             if self.set.delay_ms > 0 {
-                conn.held_until = self.now + self.set.delay_ms;
+                conn.busy().held_until = self.now + self.set.delay_ms;
             }
         }
-        let in_request = conn.input.is_some() || self.handler.in_request(&conn.state);
+        let in_request = conn.input().is_some() || self.handler.in_request(&conn.state);
         if !in_request {
             conn.set(IN_REQUEST, false);
         } else if d.requests > 0 || !was_in_request {
-            conn.request_start = self.now;
+            conn.since = Stamp::at(self.now);
             conn.set(IN_REQUEST, true);
         }
     }
 
+    /// Writes the output scratch to the socket; what it does not take waits in a pooled
+    /// buffer of the connection, for `flush` (which also reports a failed socket: a
+    /// write error here only leaves the bytes waiting).
+    fn write_direct(&mut self, conn: &mut Conn<H::State>) {
+        let mut done = 0;
+        while done < self.out.len() {
+            match conn.sock.write(&self.out[done..]) {
+                Ok(0) => break,
+                Ok(k) => done += k,
+                Err(e) if interrupted(&e) => {}
+                Err(_) => break,
+            }
+        }
+        self.stats.bytes_out += done as u64;
+        if done < self.out.len() {
+            let mut b = self.pool.get();
+            b.extend_from_slice(&self.out[done..]);
+            let busy = conn.busy();
+            busy.output = Some(b);
+            busy.write_since = self.now;
+        } else {
+            conn.last_active = Stamp::at(self.now);
+        }
+        self.out.clear();
+    }
+
     /// After a decode: turns the requests it handed over into jobs, and keeps every
-    /// answer in request order. The decoder wrote its immediate answers to the output
-    /// and noted where each call stands in it; whatever follows a job (or any job still
-    /// in flight) must wait for it, so it moves into the connection's reorder queue.
+    /// answer in request order. The decoder wrote its immediate answers to `out` and
+    /// noted where each call stands in it; whatever follows a job (or any job still in
+    /// flight) must wait for it, so it moves into the connection's reorder queue.
     fn hand_over(
         &mut self,
         conn: &mut Conn<H::State>,
         key: usize,
+        out: &mut BytesMut,
         out_start: usize,
         reserved: usize,
     ) {
@@ -520,16 +574,14 @@ impl<H: Handler> ConnIo<H> {
             off.pool.force_reserve(used - reserved);
         }
         off.pool.release(reserved.saturating_sub(used));
-        if used == 0 && conn.jobs.is_none() {
+        if used == 0 && conn.jobs().is_none() {
             return;
         }
-        let Some(out) = conn.output.as_mut() else {
-            return;
-        };
         self.segment.clear();
         self.segment.extend_from_slice(&out[out_start..]);
         out.truncate(out_start);
-        let jobs = conn.jobs.get_or_insert_with(|| {
+        let busy = conn.busy.get_or_insert_with(Box::default);
+        let jobs = busy.jobs.get_or_insert_with(|| {
             off.next_generation = off.next_generation.wrapping_add(1);
             Box::new(Jobs::new(off.next_generation))
         });
@@ -562,7 +614,7 @@ impl<H: Handler> ConnIo<H> {
         }
         place(&self.segment[done..], out, jobs);
         if jobs.is_empty() {
-            conn.jobs = None;
+            busy.jobs = None;
         }
         self.stats.jobs += used as u64;
     }
@@ -578,7 +630,11 @@ impl<H: Handler> ConnIo<H> {
             self.stats.jobs_dropped += 1;
             return false;
         };
-        let Some(jobs) = conn.jobs.as_mut().filter(|j| j.generation == c.generation) else {
+        let Some(busy) = conn.busy.as_deref_mut() else {
+            self.stats.jobs_dropped += 1;
+            return false;
+        };
+        let Some(jobs) = busy.jobs.as_mut().filter(|j| j.generation == c.generation) else {
             self.stats.jobs_dropped += 1;
             return false;
         };
@@ -598,7 +654,7 @@ impl<H: Handler> ConnIo<H> {
             }
         };
         if jobs.is_front(&slot) {
-            let out = conn.output.get_or_insert_with(|| self.pool.get());
+            let out = busy.output.get_or_insert_with(|| self.pool.get());
             encode(out);
             jobs.pop_front_answered();
             while let Some(b) = jobs.pop_ready() {
@@ -611,16 +667,19 @@ impl<H: Handler> ConnIo<H> {
             jobs.fill(slot, b);
         }
         if jobs.is_empty() {
-            conn.jobs = None;
+            busy.jobs = None;
         }
-        conn.last_active = self.now;
+        conn.last_active = Stamp::at(self.now);
         true
     }
 
     /// The handler timeout: jobs in flight longer than it are answered with a failure
     /// now, and their late results will be dropped.
     pub fn expire_jobs(&mut self, conn: &mut Conn<H::State>) {
-        let (Some(jobs), Some(limit)) = (conn.jobs.as_mut(), self.set.timeouts.handler) else {
+        let Some(busy) = conn.busy.as_deref_mut() else {
+            return;
+        };
+        let (Some(jobs), Some(limit)) = (busy.jobs.as_mut(), self.set.timeouts.handler) else {
             return;
         };
         let cx = Cx::new(&self.clock);
@@ -635,7 +694,7 @@ impl<H: Handler> ConnIo<H> {
         });
         self.stats.handler_timeouts += n as u64;
         if let Some(b) = jobs.pop_ready() {
-            let out = conn.output.get_or_insert_with(|| pool.get());
+            let out = busy.output.get_or_insert_with(|| pool.get());
             out.extend_from_slice(&b);
             pool.put(b);
             while let Some(b) = jobs.pop_ready() {
@@ -644,7 +703,7 @@ impl<H: Handler> ConnIo<H> {
             }
         }
         if jobs.is_empty() {
-            conn.jobs = None;
+            busy.jobs = None;
         }
     }
 
@@ -656,49 +715,51 @@ impl<H: Handler> ConnIo<H> {
         conn: &mut Conn<H::State>,
         key: usize,
     ) -> Result<(), Close> {
-        if conn.held_until != 0 {
+        if conn.held_until() != 0 {
             return Ok(());
         }
-        if let (Some(tls), Some(out)) = (conn.tls.as_deref_mut(), conn.output.as_mut())
-            && out.len() > tls.enc
-        {
-            // Encrypt the answers appended since the last write.
-            tls.encrypt_pending(out, &mut self.segment, false)
-                .map_err(|_| Close::Error)?;
-        }
-        if let Some(out) = conn.output.as_mut() {
-            while !out.is_empty() {
-                let end = conn.tls.as_ref().map_or(out.len(), |t| t.enc);
-                if end == 0 {
-                    // Plaintext the session cannot encrypt yet (mid-handshake).
-                    break;
-                }
-                match conn.sock.write(&out[..end]) {
-                    Ok(0) => return Err(Close::Error),
-                    Ok(n) => {
-                        out.advance(n);
-                        if let Some(t) = conn.tls.as_deref_mut() {
-                            t.enc -= n;
-                        }
-                        self.stats.bytes_out += n as u64;
-                        conn.write_since = self.now;
+        if let Some(busy) = conn.busy.as_deref_mut() {
+            if let (Some(tls), Some(out)) = (busy.tls.as_deref_mut(), busy.output.as_mut())
+                && out.len() > tls.enc
+            {
+                // Encrypt the answers appended since the last write.
+                tls.encrypt_pending(out, &mut self.segment, false)
+                    .map_err(|_| Close::Error)?;
+            }
+            if let Some(out) = busy.output.as_mut() {
+                while !out.is_empty() {
+                    let end = busy.tls.as_ref().map_or(out.len(), |t| t.enc);
+                    if end == 0 {
+                        // Plaintext the session cannot encrypt yet (mid-handshake).
+                        break;
                     }
-                    Err(e) if would_block(&e) => break,
-                    Err(e) if interrupted(&e) => {}
-                    Err(_) => return Err(Close::Error),
+                    match conn.sock.write(&out[..end]) {
+                        Ok(0) => return Err(Close::Error),
+                        Ok(n) => {
+                            out.advance(n);
+                            if let Some(t) = busy.tls.as_deref_mut() {
+                                t.enc -= n;
+                            }
+                            self.stats.bytes_out += n as u64;
+                            busy.write_since = self.now;
+                        }
+                        Err(e) if would_block(&e) => break,
+                        Err(e) if interrupted(&e) => {}
+                        Err(_) => return Err(Close::Error),
+                    }
                 }
-            }
-            if out.is_empty() {
-                if let Some(b) = conn.output.take() {
-                    self.pool.put(b);
+                if out.is_empty() {
+                    if let Some(b) = busy.output.take() {
+                        self.pool.put(b);
+                    }
+                    conn.last_active = Stamp::at(self.now);
                 }
-                conn.last_active = self.now;
             }
         }
-        let pending = conn.output.is_some();
+        let pending = conn.output().is_some();
         if pending != conn.has(WANT_WRITE) {
             let interest = if pending {
-                conn.write_since = self.now;
+                conn.busy().write_since = self.now;
                 Interest::READABLE | Interest::WRITABLE
             } else {
                 Interest::READABLE
@@ -736,17 +797,18 @@ impl<H: Handler> ConnIo<H> {
     /// Makes sure the wheel will look at the connection no later than its deadline.
     /// Lazy: an entry that comes due before the deadline is simply re-armed then.
     pub fn arm(&mut self, conn: &mut Conn<H::State>, key: usize) {
-        let Some(deadline) = conn.deadline(&self.set.timeouts) else {
+        // Every drive ends here: an idle connection gives back its busy part.
+        conn.tidy();
+        let Some(deadline) = conn.deadline(&self.set.timeouts, self.now) else {
             return;
         };
-        if conn.timer.is_some() && conn.timer_at <= deadline {
-            return;
-        }
-        if let Some(t) = conn.timer.take() {
+        if let Some(t) = conn.timer {
+            if self.wheel.fires_by(t, deadline) {
+                return;
+            }
             self.wheel.cancel(t);
         }
-        conn.timer = Some(self.wheel.schedule(deadline, key));
-        conn.timer_at = deadline;
+        conn.timer = Some(self.wheel.schedule(deadline, key as u32));
     }
 
     /// One read on a TLS connection: ciphertext from the socket (after any partial
@@ -758,7 +820,10 @@ impl<H: Handler> ConnIo<H> {
         &mut self,
         conn: &mut Conn<H::State>,
     ) -> Result<Option<(usize, usize, bool)>, Close> {
-        let Some(tls) = conn.tls.as_deref_mut() else {
+        let Some(busy) = conn.busy.as_deref_mut() else {
+            return Ok(None);
+        };
+        let Some(tls) = busy.tls.as_deref_mut() else {
             return Ok(None);
         };
         let ct = &mut self.tls_scratch;
@@ -800,7 +865,7 @@ impl<H: Handler> ConnIo<H> {
                 return self.not_tls(conn, raw);
             }
         }
-        let out = conn.output.get_or_insert_with(|| self.pool.get());
+        let out = busy.output.get_or_insert_with(|| self.pool.get());
         let got = tls.process(
             &mut ct[..held + raw],
             out,
@@ -809,7 +874,7 @@ impl<H: Handler> ConnIo<H> {
             false,
         );
         if out.is_empty()
-            && let Some(b) = conn.output.take()
+            && let Some(b) = busy.output.take()
         {
             self.pool.put(b);
         }
@@ -869,11 +934,12 @@ impl<H: Handler> ConnIo<H> {
         let Some(reply) = self.set.tls.as_ref().and_then(|t| t.plain_reply) else {
             return Err(Close::Tls(HandshakeFailure::NotTls));
         };
-        conn.tls = None;
+        let busy = conn.busy();
+        busy.tls = None;
         self.stats.tls_open = self.stats.tls_open.saturating_sub(1);
         self.stats.tls_fail_not_tls += 1;
         self.stats.bad_requests += 1;
-        conn.output
+        busy.output
             .get_or_insert_with(|| self.pool.get())
             .extend_from_slice(reply);
         conn.stage = Stage::Closing;
@@ -883,16 +949,16 @@ impl<H: Handler> ConnIo<H> {
     /// A TLS connection is under the read timeout from its first byte until its
     /// handshake ends, and while a record is half read.
     fn tls_in_request(&mut self, conn: &mut Conn<H::State>, plain: usize) {
-        let Some(tls) = conn.tls.as_deref() else {
+        let Some(tls) = conn.tls() else {
             return;
         };
         let mid = tls.handshaking || tls.held.is_some();
         if mid {
             if !conn.has(IN_REQUEST) {
                 conn.set(IN_REQUEST, true);
-                conn.request_start = self.now;
+                conn.since = Stamp::at(self.now);
             }
-        } else if plain == 0 && conn.input.is_none() && !self.handler.in_request(&conn.state) {
+        } else if plain == 0 && conn.input().is_none() && !self.handler.in_request(&conn.state) {
             conn.set(IN_REQUEST, false);
         }
     }
@@ -912,7 +978,7 @@ impl<H: Handler> ConnIo<H> {
                 | Close::WriteTimeout => s.tls_fail_timeout += 1,
                 _ => s.tls_fail_closed += 1,
             }
-        } else if why != Close::Error && conn.output.is_none() {
+        } else if why != Close::Error && conn.output().is_none() {
             send_close_notify(tls, &mut conn.sock, &mut self.segment);
         }
         if let Some(b) = tls.held.take() {
@@ -924,19 +990,21 @@ impl<H: Handler> ConnIo<H> {
         if let Some(t) = conn.timer.take() {
             self.wheel.cancel(t);
         }
-        if let Some(mut tls) = conn.tls.take() {
+        if let Some(mut tls) = conn.busy.as_mut().and_then(|b| b.tls.take()) {
             self.close_tls(&mut conn, &mut tls, why);
         }
-        for b in [conn.input.take(), conn.output.take()]
-            .into_iter()
-            .flatten()
-        {
-            self.pool.put(b);
-        }
-        if let Some(jobs) = conn.jobs.take() {
-            // Their results will find no connection and be dropped.
-            for b in jobs.into_buffers() {
+        if let Some(mut busy) = conn.busy.take() {
+            for b in [busy.input.take(), busy.output.take()]
+                .into_iter()
+                .flatten()
+            {
                 self.pool.put(b);
+            }
+            if let Some(jobs) = busy.jobs.take() {
+                // Their results will find no connection and be dropped.
+                for b in jobs.into_buffers() {
+                    self.pool.put(b);
+                }
             }
         }
         let s = &mut self.stats;

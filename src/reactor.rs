@@ -59,6 +59,9 @@ const PUBLISH_MS: u64 = 100;
 /// Wheel: 10 ms ticks, 4096 slots (a 41 s rotation).
 const TICK_MS: u64 = 10;
 const SLOTS: usize = 4096;
+/// At most this many connections' room is reserved up front (a few tens of MB of
+/// address space, not memory).
+const MAX_RESERVED: usize = 1 << 20;
 
 pub(crate) struct Shard<H: Handler> {
     id: usize,
@@ -68,7 +71,7 @@ pub(crate) struct Shard<H: Handler> {
     io: ConnIo<H>,
     shared: Arc<Shared>,
     epoch: Instant,
-    fired: Vec<usize>,
+    fired: Vec<u32>,
     done: Vec<Completion<H::Response>>,
     touched: Vec<usize>,
     drain_deadline: Option<u64>,
@@ -94,7 +97,12 @@ impl<H: Handler> Shard<H> {
         pool: Option<(Pool, Arc<mio::Waker>)>,
     ) -> io::Result<Self> {
         let acceptor = Acceptor::new(id, poll.registry(), listener)?;
-        let mut io = ConnIo::new(handler, set, TimerWheel::new(SLOTS, TICK_MS));
+        // Room for every connection up front: pages never written cost nothing, and a
+        // slab or wheel that never grows never leaves an old copy's pages in the heap.
+        let room = set.max_conns.min(MAX_RESERVED);
+        let mut wheel = TimerWheel::new(SLOTS, TICK_MS);
+        wheel.reserve(room);
+        let mut io = ConnIo::new(handler, set, wheel);
         if H::POOLED {
             io.offload = pool.map(|(pool, waker)| Offload::new(pool, Arc::new(Inbox::new(waker))));
         }
@@ -102,7 +110,7 @@ impl<H: Handler> Shard<H> {
             id,
             poll,
             acceptor,
-            conns: Slab::new(),
+            conns: Slab::with_capacity(room),
             io,
             shared,
             epoch: Instant::now(),
@@ -261,7 +269,9 @@ impl<H: Handler> Shard<H> {
                 }
             };
             let conn = entry.insert(Conn::new(sock, io.now));
-            conn.tls = tls;
+            if tls.is_some() {
+                conn.busy().tls = tls;
+            }
             if proxied {
                 conn.stage = Stage::Proxy;
             } else if io.set.proxy != ProxyMode::Off {
@@ -323,13 +333,14 @@ impl<H: Handler> Shard<H> {
         let mut fired = std::mem::take(&mut self.fired);
         self.io.wheel.poll(self.io.now, &mut fired);
         for key in fired.drain(..) {
+            let key = key as usize;
             let Some(conn) = self.conns.get_mut(key) else {
                 continue;
             };
             conn.timer = None;
             let now = self.io.now;
             let timeouts = self.io.set.timeouts;
-            match conn.deadline(&timeouts) {
+            match conn.deadline(&timeouts, now) {
                 Some(d) if d <= now => {}
                 _ => {
                     self.io.arm(conn, key);
@@ -344,7 +355,7 @@ impl<H: Handler> Shard<H> {
             let why = match conn.phase() {
                 Phase::Proxy => Close::Proxy(Refusal::Timeout),
                 Phase::Held => {
-                    conn.held_until = 0;
+                    conn.busy().held_until = 0;
                     self.drive(key);
                     continue;
                 }

@@ -18,28 +18,36 @@
 //! when the entry comes due the reactor re-reads the field and re-schedules if the
 //! deadline moved. So a busy keep-alive connection costs no wheel operation per request.
 
+use std::num::NonZeroU32;
+
 const NIL: u32 = u32::MAX;
+/// The `tick` of a vacant entry.
+const VACANT: u64 = u64::MAX;
 
 /// Names a scheduled timer, for [`TimerWheel::cancel`]. The generation makes a stale id
-/// (its timer fired or was cancelled, its entry reused) harmless.
+/// (its timer fired or was cancelled, its entry reused) harmless; it is never zero, so
+/// an `Option<TimerId>` (one per connection) takes 8 bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TimerId {
     key: u32,
-    generation: u32,
+    generation: NonZeroU32,
 }
 
+/// 24 bytes with a `u32` value: the wheel holds one per connection.
 struct Entry<T> {
-    value: Option<T>,
-    /// The tick this entry is due at (absolute, not modulo the wheel size).
+    /// The tick this entry is due at (absolute, not modulo the wheel size), or
+    /// `VACANT`.
     tick: u64,
+    value: T,
     prev: u32,
     /// Next entry in the slot's list, or the next free entry when vacant.
     next: u32,
-    generation: u32,
+    generation: NonZeroU32,
 }
 
-/// A single-level hashed timer wheel holding values of type `T`.
-pub struct TimerWheel<T> {
+/// A single-level hashed timer wheel holding values of type `T` (small and `Copy`: a
+/// connection's key).
+pub struct TimerWheel<T: Copy> {
     entries: Vec<Entry<T>>,
     free: u32,
     heads: Box<[u32]>,
@@ -51,7 +59,7 @@ pub struct TimerWheel<T> {
     len: usize,
 }
 
-impl<T> TimerWheel<T> {
+impl<T: Copy> TimerWheel<T> {
     /// A wheel of `slots` slots (rounded up to a power of two, at least 64), each
     /// `tick_ms` milliseconds wide, starting at time 0.
     pub fn new(slots: usize, tick_ms: u64) -> Self {
@@ -73,6 +81,13 @@ impl<T> TimerWheel<T> {
         self.len
     }
 
+    /// Reserves room for `n` timers up front. Untouched room costs no memory (the
+    /// pages are never written), and a wheel that never grows never copies itself: a
+    /// doubling vector leaves its old copy's pages behind in the heap.
+    pub fn reserve(&mut self, n: usize) {
+        self.entries.reserve(n);
+    }
+
     /// Whether no timer is scheduled.
     pub fn is_empty(&self) -> bool {
         self.len == 0
@@ -86,18 +101,18 @@ impl<T> TimerWheel<T> {
             let key = self.free;
             let e = &mut self.entries[key as usize];
             self.free = e.next;
-            e.value = Some(value);
+            e.value = value;
             e.tick = tick;
             key
         } else {
             let key = u32::try_from(self.entries.len()).expect("fewer than 2^32 timers");
             assert!(key != NIL, "timer wheel full");
             self.entries.push(Entry {
-                value: Some(value),
                 tick,
+                value,
                 prev: NIL,
                 next: NIL,
-                generation: 0,
+                generation: NonZeroU32::MIN,
             });
             key
         };
@@ -112,12 +127,22 @@ impl<T> TimerWheel<T> {
     /// Cancels a timer, giving back its value; `None` if it already fired or was
     /// cancelled.
     pub fn cancel(&mut self, id: TimerId) -> Option<T> {
-        let e = self.entries.get(id.key as usize)?;
-        if e.generation != id.generation || e.value.is_none() {
-            return None;
-        }
+        self.live(id)?;
         self.unlink(id.key);
         Some(self.release(id.key))
+    }
+
+    /// Whether the timer `id` is still scheduled and fires no later than a deadline at
+    /// `deadline_ms` would (the same tick or earlier).
+    pub fn fires_by(&self, id: TimerId, deadline_ms: u64) -> bool {
+        self.live(id)
+            .is_some_and(|e| e.tick <= deadline_ms.div_ceil(self.tick_ms).max(self.next_tick))
+    }
+
+    fn live(&self, id: TimerId) -> Option<&Entry<T>> {
+        self.entries
+            .get(id.key as usize)
+            .filter(|e| e.generation == id.generation && e.tick != VACANT)
     }
 
     /// Fires every timer due at or before `now_ms`, pushing their values onto `fired`
@@ -217,8 +242,10 @@ impl<T> TimerWheel<T> {
 
     fn release(&mut self, key: u32) -> T {
         let e = &mut self.entries[key as usize];
-        let value = e.value.take().expect("released a vacant timer entry");
-        e.generation = e.generation.wrapping_add(1);
+        debug_assert!(e.tick != VACANT, "released a vacant timer entry");
+        e.tick = VACANT;
+        let value = e.value;
+        e.generation = e.generation.checked_add(1).unwrap_or(NonZeroU32::MIN);
         e.next = self.free;
         e.prev = NIL;
         self.free = key;
@@ -236,6 +263,24 @@ mod tests {
         w.poll(now, &mut v);
         v.sort_unstable();
         v
+    }
+
+    #[test]
+    fn an_entry_and_an_id_stay_small() {
+        assert_eq!(std::mem::size_of::<Entry<u32>>(), 24);
+        assert_eq!(std::mem::size_of::<Option<TimerId>>(), 8);
+    }
+
+    #[test]
+    fn fires_by_compares_ticks_and_forgets_fired_timers() {
+        let mut w = TimerWheel::new(64, 10);
+        let id = w.schedule(25, 1u32);
+        assert!(w.fires_by(id, 25));
+        assert!(w.fires_by(id, 21), "same tick");
+        assert!(!w.fires_by(id, 20), "an earlier tick");
+        assert!(w.fires_by(id, 1000));
+        assert_eq!(drain(&mut w, 30), vec![1]);
+        assert!(!w.fires_by(id, 1000), "fired");
     }
 
     #[test]

@@ -35,8 +35,10 @@ fn five_thousand_concurrent_connections_each_complete_an_echo_exchange() {
     eprintln!(
         "server VmRSS {rss_before} KiB -> {rss_after} KiB with {N} idle connections: {per_conn} B each"
     );
-    // Generous bound (the goal is under 200 B): catches a buffer kept per connection.
-    assert!(per_conn < 2048, "{per_conn} bytes per idle connection");
+    // About 110 B here at 5,000 (56 B at 10,000: fixed costs weigh more here); the
+    // bound leaves room for a noisy heap and still catches any buffer or box kept by
+    // an idle connection.
+    assert!(per_conn < 256, "{per_conn} bytes per idle connection");
     drop(conns);
     let (status, stats) = srv.stop();
     assert!(status.success());
