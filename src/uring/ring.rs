@@ -1,0 +1,255 @@
+//! One shard's io_uring: the submission and completion queues, the ring of provided
+//! receive buffers, and how an operation is named in its `user_data`.
+//!
+//! **Naming operations.** Every operation carries `(kind, generation, key)` packed in its
+//! 64-bit `user_data`: the kind of operation (8 bits), the generation of the connection
+//! it belongs to (24 bits) and its slab key (32 bits). A slab slot is reused as soon as
+//! its connection closes, but a completion for the old connection can still be on its
+//! way (a cancelled receive, a send that was in flight): the generation tells them apart,
+//! so a stale completion is recognised and only its resources (a receive buffer, an
+//! orphaned send buffer) are given back.
+//!
+//! **Provided buffers.** Receives do not name a buffer: they pick one from a ring of
+//! `BUFS` buffers of `BUF_LEN` bytes that the shard shares with the kernel (a "provided
+//! buffer ring", Linux 5.19), only when bytes arrive. So an idle connection with a
+//! receive armed holds no buffer at all, exactly as in the epoll backend. The shard
+//! hands each buffer back as soon as the decoder has seen its bytes, within the same
+//! loop turn; what a decoder leaves over is copied into a pooled buffer of the
+//! connection. When the kernel finds the ring empty the receive ends with ENOBUFS and is
+//! armed again at the end of the turn, when every buffer is back.
+//!
+//! **Ring setup.** `SINGLE_ISSUER` + `DEFER_TASKRUN` (Linux 6.1): only the shard's thread
+//! submits, and completions are posted only when it asks for them, in one batch per
+//! wait, instead of interrupting it while it works. The ring is created disabled
+//! (`R_DISABLED`) on the thread that starts the server, so that a failure is reported
+//! before any shard runs, and enabled by the shard's own thread (the single issuer is
+//! whoever enables it).
+
+use std::alloc::{Layout, alloc_zeroed, dealloc};
+use std::io;
+use std::sync::atomic::{AtomicU16, Ordering};
+
+use io_uring::types::BufRingEntry;
+use io_uring::{IoUring, squeue};
+
+/// Receive buffers per shard, and their size: 512 x 4 KB = 2 MB per shard, touched only
+/// as far as traffic needs (a buffer holds one receive completion and is given back in
+/// the same turn). The epoll backend's scratch buffer is 64 KB, but there one buffer
+/// serves every connection in turn; here the kernel fills buffers for many connections
+/// before the shard looks at any.
+pub const BUFS: u16 = 512;
+pub const BUF_LEN: usize = 4096;
+/// The buffer group id of the shard's receive buffers.
+pub const BGID: u16 = 0;
+/// Submission queue size; the completion queue is larger (multishot receives can post
+/// many completions per submission).
+const SQ_ENTRIES: u32 = 1024;
+const CQ_ENTRIES: u32 = 8192;
+
+/// What an operation is, in the top byte of its `user_data`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Op {
+    Accept = 1,
+    Recv = 2,
+    Send = 3,
+    /// The shard's wake-up eventfd.
+    Wake = 4,
+    /// Cancellations: their own completions are ignored.
+    Cancel = 5,
+}
+
+impl Op {
+    fn from_u8(b: u8) -> Option<Op> {
+        Some(match b {
+            1 => Op::Accept,
+            2 => Op::Recv,
+            3 => Op::Send,
+            4 => Op::Wake,
+            5 => Op::Cancel,
+            _ => return None,
+        })
+    }
+}
+
+/// Generations wrap at 24 bits: a slot would have to be reused 16 million times while a
+/// completion for it is in flight to be confused.
+pub const GEN_MASK: u32 = 0xFF_FFFF;
+
+pub fn user_data(op: Op, generation: u32, key: usize) -> u64 {
+    ((op as u64) << 56) | (((generation & GEN_MASK) as u64) << 32) | (key as u32 as u64)
+}
+
+pub fn parse_user_data(ud: u64) -> (Option<Op>, u32, usize) {
+    (
+        Op::from_u8((ud >> 56) as u8),
+        ((ud >> 32) as u32) & GEN_MASK,
+        (ud & 0xFFFF_FFFF) as usize,
+    )
+}
+
+/// The ring of provided receive buffers: the entries the kernel reads (page-aligned,
+/// shared with it) and the buffers they point to.
+pub struct BufRing {
+    entries: *mut BufRingEntry,
+    entries_layout: Layout,
+    bufs: *mut u8,
+    bufs_layout: Layout,
+    /// Our tail: entries before it are the kernel's; published with `commit`.
+    tail: u16,
+    published: u16,
+}
+
+impl BufRing {
+    fn new() -> io::Result<BufRing> {
+        let entries_layout =
+            Layout::from_size_align(BUFS as usize * std::mem::size_of::<BufRingEntry>(), 4096)
+                .map_err(io::Error::other)?;
+        let bufs_layout =
+            Layout::from_size_align(BUFS as usize * BUF_LEN, 4096).map_err(io::Error::other)?;
+        // SAFETY: both layouts have a non-zero size.
+        let (entries, bufs) = unsafe {
+            (
+                alloc_zeroed(entries_layout) as *mut BufRingEntry,
+                alloc_zeroed(bufs_layout),
+            )
+        };
+        if entries.is_null() || bufs.is_null() {
+            return Err(io::Error::from(io::ErrorKind::OutOfMemory));
+        }
+        let mut ring = BufRing {
+            entries,
+            entries_layout,
+            bufs,
+            bufs_layout,
+            tail: 0,
+            published: 0,
+        };
+        for bid in 0..BUFS {
+            ring.give_back(bid);
+        }
+        ring.commit();
+        Ok(ring)
+    }
+
+    /// The bytes of buffer `bid` the kernel filled.
+    ///
+    /// # Safety
+    /// `bid` must come from a completion not yet given back, and `len` from the same
+    /// completion; the slice must not be used after [`give_back`](Self::give_back).
+    pub unsafe fn data<'a>(&self, bid: u16, len: usize) -> &'a [u8] {
+        let bid = (bid % BUFS) as usize;
+        // SAFETY: in bounds (bid < BUFS, len <= BUF_LEN), and the kernel is done with
+        // the buffer until it is given back.
+        unsafe { std::slice::from_raw_parts(self.bufs.add(bid * BUF_LEN), len.min(BUF_LEN)) }
+    }
+
+    /// Returns buffer `bid` to the kernel (visible after [`commit`](Self::commit)).
+    pub fn give_back(&mut self, bid: u16) {
+        let bid = bid % BUFS;
+        let i = (self.tail % BUFS) as usize;
+        // SAFETY: i < BUFS, inside the entries allocation; the kernel does not read
+        // entries at or past the published tail.
+        unsafe {
+            let e = &mut *self.entries.add(i);
+            e.set_addr(self.bufs.add(bid as usize * BUF_LEN) as u64);
+            e.set_len(BUF_LEN as u32);
+            e.set_bid(bid);
+        }
+        self.tail = self.tail.wrapping_add(1);
+    }
+
+    /// Publishes the buffers given back since the last call.
+    pub fn commit(&mut self) {
+        if self.tail == self.published {
+            return;
+        }
+        // SAFETY: the tail field lives in the first entry, which is ours to write with
+        // release ordering (the kernel reads it with acquire).
+        unsafe {
+            let tail = BufRingEntry::tail(self.entries) as *const AtomicU16;
+            (*tail).store(self.tail, Ordering::Release);
+        }
+        self.published = self.tail;
+    }
+}
+
+impl Drop for BufRing {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with these layouts; the ring that used them is
+        // dropped first (see `Ring`'s field order).
+        unsafe {
+            dealloc(self.entries as *mut u8, self.entries_layout);
+            dealloc(self.bufs, self.bufs_layout);
+        }
+    }
+}
+
+/// A shard's io_uring with its buffer ring.
+pub struct Ring {
+    // Field order matters: the io_uring (which the kernel uses the buffers through) is
+    // dropped before the buffers.
+    pub uring: IoUring,
+    pub bufs: BufRing,
+}
+
+// SAFETY: the raw pointers in `BufRing` are owned allocations, used by one thread at a
+// time (the ring moves to its shard's thread once, before use).
+unsafe impl Send for Ring {}
+
+impl Ring {
+    /// A ring for one shard, disabled until [`enable`](Self::enable) on the shard's
+    /// thread; also the probe of whether io_uring works here at all.
+    pub fn new() -> io::Result<Ring> {
+        let uring = IoUring::builder()
+            .setup_single_issuer()
+            .setup_defer_taskrun()
+            .setup_r_disabled()
+            .setup_cqsize(CQ_ENTRIES)
+            .build(SQ_ENTRIES)?;
+        let bufs = BufRing::new()?;
+        // SAFETY: the entries stay allocated (and at the same address) until the ring
+        // is dropped, which happens first.
+        unsafe {
+            uring
+                .submitter()
+                .register_buf_ring_with_flags(bufs.entries as u64, BUFS, BGID, 0)?;
+        }
+        Ok(Ring { uring, bufs })
+    }
+
+    /// Enables the ring; called on the thread that will submit to it.
+    pub fn enable(&self) -> io::Result<()> {
+        self.uring.submitter().register_enable_rings()
+    }
+
+    /// Queues an operation, submitting what is queued first if the queue is full.
+    pub fn push(&mut self, entry: &squeue::Entry) -> io::Result<()> {
+        loop {
+            // SAFETY: every buffer an entry points to is owned by the shard and kept
+            // alive (and unmoved) until the operation's last completion.
+            if unsafe { self.uring.submission().push(entry) }.is_ok() {
+                return Ok(());
+            }
+            self.bufs.commit();
+            self.uring.submit()?;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_data_round_trips() {
+        let ud = user_data(Op::Send, 0x12_3456, 987_654);
+        assert_eq!(parse_user_data(ud), (Some(Op::Send), 0x12_3456, 987_654));
+        let ud = user_data(Op::Recv, u32::MAX, u32::MAX as usize);
+        assert_eq!(
+            parse_user_data(ud),
+            (Some(Op::Recv), GEN_MASK, u32::MAX as usize)
+        );
+        assert_eq!(parse_user_data(0).0, None);
+    }
+}
