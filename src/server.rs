@@ -69,7 +69,7 @@ fn use_uring(cfg: &Config, pooled: bool, name: &str) -> io::Result<bool> {
     let why = match crate::uring::unsupported(cfg, pooled) {
         Some(what) => format!("the io_uring backend does not support {what} yet"),
         None => match crate::uring::probe() {
-            Ok(()) => return Ok(true),
+            Ok(_) => return Ok(true),
             Err(e) => e,
         },
     };
@@ -444,7 +444,8 @@ impl Server {
         handler: Arc<H>,
         set: &Settings,
     ) -> io::Result<()> {
-        let uset = crate::uring::Settings::from_epoll(set);
+        let mode = crate::uring::probe().map_err(io::Error::other)?;
+        let uset = crate::uring::Settings::from_epoll(set, mode);
         let mut shards = Vec::with_capacity(listeners.len());
         for (id, listener) in listeners.into_iter().enumerate() {
             let waker = Arc::new(crate::uring::Waker::new()?);

@@ -53,12 +53,13 @@ pub(crate) struct Settings {
     pub drain_ms: u64,
     pub drain_grace_ms: u64,
     pub pool_buffers: usize,
+    pub recv_mode: ring::RecvMode,
 }
 
 impl Settings {
     /// The epoll shard's settings, less what this backend does not do (refused before
     /// by [`unsupported`]).
-    pub fn from_epoll(s: &crate::reactor::Settings) -> Settings {
+    pub fn from_epoll(s: &crate::reactor::Settings, recv_mode: ring::RecvMode) -> Settings {
         Settings {
             timeouts: conn::Timeouts {
                 idle: s.timeouts.idle,
@@ -72,6 +73,7 @@ impl Settings {
             drain_ms: s.drain_ms,
             drain_grace_ms: s.drain_grace_ms,
             pool_buffers: s.pool_buffers,
+            recv_mode,
         }
     }
 }
@@ -94,16 +96,18 @@ pub(crate) fn unsupported(cfg: &Config, pooled: bool) -> Option<&'static str> {
     }
 }
 
-/// Whether io_uring works here, with every feature this backend uses: tried once per
-/// process by building a ring as a shard would (so an old kernel, `kernel.io_uring_disabled`
-/// or a seccomp filter shows here, with its error).
-pub(crate) fn probe() -> Result<(), String> {
-    static PROBE: OnceLock<Result<(), String>> = OnceLock::new();
+/// Whether io_uring works here, with every feature this backend uses, and how receives
+/// are capped: tried once per process by building a ring as a shard would (so an old
+/// kernel, `kernel.io_uring_disabled` or a seccomp filter shows here, with its error).
+pub(crate) fn probe() -> Result<ring::RecvMode, String> {
+    static PROBE: OnceLock<Result<ring::RecvMode, String>> = OnceLock::new();
     PROBE
         .get_or_init(|| {
-            ring::Ring::new()
-                .map(drop)
-                .map_err(|e| format!("io_uring is unavailable here: {e}"))
+            let got = ring::probe().map_err(|e| format!("io_uring is unavailable here: {e}"));
+            if let Ok(mode) = got {
+                log::debug!("io_uring receives: {mode:?}");
+            }
+            got
         })
         .clone()
 }

@@ -41,7 +41,7 @@ use slab::Slab;
 use socket2::{SockRef, TcpKeepalive};
 
 use super::conn::*;
-use super::ring::{BGID, GEN_MASK, Op, Ring, parse_user_data, user_data};
+use super::ring::{GEN_MASK, Op, Ring, parse_user_data, recv, user_data};
 use super::{Settings, Waker};
 use crate::buffer::BufferPool;
 use crate::clock::Clock;
@@ -649,23 +649,25 @@ impl<H: Handler> Shard<H> {
             conn.set(SEND_QUEUED, true);
             self.sends.push(key);
         }
-        let want_read = !conn.has(PEER_EOF)
-            && match conn.stage {
-                Stage::Serving => {
-                    conn.held_until == 0
-                        && conn.backlog() < self.set.high_water
-                        && !conn.has(DECODE_PENDING)
-                }
-                Stage::Closing | Stage::Lingering => true,
-            };
+        // How much more this connection may receive: the room under the high-water
+        // mark for what it holds (unsent output and unanswered input). Lingering or
+        // closing, what comes is discarded, so any amount.
+        let holds = conn.backlog() + conn.input.as_ref().map_or(0, |b| b.len());
+        let room = match conn.stage {
+            Stage::Serving if conn.held_until == 0 && !conn.has(DECODE_PENDING) => {
+                self.set.high_water.saturating_sub(holds)
+            }
+            Stage::Serving => 0,
+            Stage::Closing | Stage::Lingering => super::ring::BUF_LEN * 16,
+        };
+        let want_read = !conn.has(PEER_EOF) && room > 0;
         let fd = conn.sock.as_raw_fd();
         let recv_ud = user_data(Op::Recv, conn.generation, key);
         match (want_read, conn.recv) {
             (true, Recv::Idle) => {
                 conn.recv = Recv::Armed;
-                let e = opcode::RecvMulti::new(Fd(fd), BGID)
-                    .build()
-                    .user_data(recv_ud);
+                let cap = room.min(u32::MAX as usize) as u32;
+                let e = recv(self.set.recv_mode, fd, cap).user_data(recv_ud);
                 self.ring.push(&e)?;
                 self.inflight += 1;
             }
