@@ -650,12 +650,15 @@ impl<H: Handler> Shard<H> {
             self.sends.push(key);
         }
         // How much more this connection may receive: the room under the high-water
-        // mark for what it holds (unsent output and unanswered input). Lingering or
-        // closing, what comes is discarded, so any amount.
-        let holds = conn.backlog() + conn.input.as_ref().map_or(0, |b| b.len());
+        // mark for its unsent output. Input it holds is not counted: that is a partial
+        // request, bounded by the protocol's own limits (and a decoder that stopped
+        // at a limit is not read at all). So what a receive brings beyond what the
+        // decoder takes is at most the room, and a peer that never reads leaves the
+        // shard holding at most the mark plus a buffer. Lingering or closing, what
+        // comes is discarded, so any amount.
         let room = match conn.stage {
             Stage::Serving if conn.held_until == 0 && !conn.has(DECODE_PENDING) => {
-                self.set.high_water.saturating_sub(holds)
+                self.set.high_water.saturating_sub(conn.backlog())
             }
             Stage::Serving => 0,
             Stage::Closing | Stage::Lingering => super::ring::BUF_LEN * 16,
