@@ -351,10 +351,13 @@ impl<H: Handler> Shard<H> {
     }
 
     fn admit(&mut self, sock: TcpStream) -> io::Result<()> {
-        if self.draining || self.exiting {
-            // Accepted just before the listener closed: as if still in its queue.
+        if self.exiting {
             return Ok(());
         }
+        // While draining, a connection the multishot accept took before its
+        // cancellation is served like one accepted just before the drain (it gets the
+        // drain's grace): closing it would reset a client whose connection the kernel
+        // could no longer move to another listener (tcp_migrate_req).
         if self.conns.len() >= self.set.max_conns {
             self.rejected += 1;
             return Ok(());
