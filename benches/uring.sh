@@ -59,7 +59,13 @@ measure() {
     t1=$(ticks "$pid")
     stop_server
     local reqs
-    reqs=$(grep -o 'stopped: .*' "$LOG" | grep -o ' requests=[0-9]*' | cut -d= -f2)
+    if [ "$proto" = echo ]; then
+        # An echo "request" of the server's counter is a read, which depends on how
+        # reads coalesce: count the client's 64-byte messages instead.
+        reqs=$(($(grep -o 'stopped: .*' "$LOG" | grep -o ' bytes_in=[0-9]*' | cut -d= -f2) / 64))
+    else
+        reqs=$(grep -o 'stopped: .*' "$LOG" | grep -o ' requests=[0-9]*' | cut -d= -f2)
+    fi
     awk -v n="$name" -v io="$io" -v t=$((t1 - t0)) -v r="$reqs" -v hz="$TICK" 'BEGIN {
         printf "%-12s %-6s requests=%-9d cpu_s=%-6.2f us_per_request=%.3f\n", n, io, r, t / hz, (r ? t / hz * 1e6 / r : 0)
     }'
@@ -73,6 +79,9 @@ loads=(
 )
 for load in "${loads[@]}"; do
     read -r -a words <<<"$load"
+    # ONLY=echo-1000x16 (a pattern) runs only the loads it matches (and the idle runs
+    # only if it matches "idle").
+    [[ -n "${ONLY:-}" && "${words[0]}" != $ONLY ]] && continue
     for round in $(seq "$ROUNDS"); do
         for io in epoll uring; do
             measure "$io" "${words[0]}" "${words[1]}" "${words[@]:2}"
@@ -80,9 +89,19 @@ for load in "${loads[@]}"; do
     done
 done
 
-for io in epoll uring; do
-    start_server "$io" echo
-    taskset -c 1 "$BENCH" --addr "127.0.0.1:$port" --protocol echo --mode idle --conns 10000 \
-        --duration 3 --server-pid "$pid" --quiet 2>&1 | sed "s/^/idle $io: /" | tail -5
-    stop_server
+[[ -n "${ONLY:-}" && idle != $ONLY ]] && exit 0
+# Idle memory, cold (a fresh server) and warm (after a second of load: what the shard
+# keeps whatever the connections, its buffer pool and, with io_uring, the pages of the
+# receive buffer ring, is then in the "before" figure).
+for warm in cold warm; do
+    for io in epoll uring; do
+        start_server "$io" echo
+        if [ "$warm" = warm ]; then
+            taskset -c 1 "$BENCH" --addr "127.0.0.1:$port" --protocol echo --conns 1000 \
+                --pipeline 16 --duration 1 --quiet >/dev/null 2>&1
+        fi
+        taskset -c 1 "$BENCH" --addr "127.0.0.1:$port" --protocol echo --mode idle --conns 10000 \
+            --duration 3 --server-pid "$pid" --quiet 2>&1 | grep "server:" | sed "s/^/idle $warm $io: /"
+        stop_server
+    done
 done

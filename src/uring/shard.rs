@@ -108,6 +108,8 @@ pub(crate) struct Shard<H: Handler> {
     orphans: Vec<(u64, BytesMut)>,
     /// Operations whose last completion has not come yet.
     inflight: usize,
+    /// Receives that found the buffer ring empty (logged at exit, to size the ring).
+    ring_dry: u64,
     cqes: Vec<(u64, i32, u32)>,
     calls: Vec<(usize, H::Request)>,
     fired: Vec<usize>,
@@ -165,6 +167,7 @@ impl<H: Handler> Shard<H> {
             sends: Vec::new(),
             orphans: Vec::new(),
             inflight: 0,
+            ring_dry: 0,
             cqes: Vec::with_capacity(1024),
             calls: Vec::new(),
             fired: Vec::new(),
@@ -179,6 +182,21 @@ impl<H: Handler> Shard<H> {
 
     /// Runs the loop until shutdown has drained every connection.
     pub fn run(mut self) -> io::Result<Counters> {
+        let ended = self.serve();
+        let stats = self.stats_now();
+        if ended.is_err() || self.inflight > 0 {
+            // The kernel may still write into the receive buffers or read orphaned
+            // sends: better to leak them than to free them under it.
+            warn!(
+                "shard {}: {} io_uring operations did not end at exit; leaking their buffers",
+                self.id, self.inflight
+            );
+            std::mem::forget(self);
+        }
+        ended.map(|()| stats)
+    }
+
+    fn serve(&mut self) -> io::Result<()> {
         self.ring.enable()?;
         self.arm_accept()?;
         self.arm_wake()?;
@@ -206,17 +224,11 @@ impl<H: Handler> Shard<H> {
         }
         self.finish()?;
         self.publish(true);
-        let stats = self.stats_now();
-        if self.inflight > 0 {
-            // The kernel may still write into the receive buffers or read orphaned
-            // sends: better to leak them than to free them under it.
-            warn!(
-                "shard {}: {} io_uring operations did not end at exit; leaking their buffers",
-                self.id, self.inflight
-            );
-            std::mem::forget(self);
-        }
-        Ok(stats)
+        debug!(
+            "shard {}: the receive buffer ring ran dry {} times",
+            self.id, self.ring_dry
+        );
+        Ok(())
     }
 
     /// Submits what is queued and waits for at least one completion, or `timeout`.
@@ -234,7 +246,7 @@ impl<H: Handler> Shard<H> {
             Err(e)
                 if matches!(
                     e.raw_os_error(),
-                    Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY)
+                    Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY) | Some(libc::EAGAIN)
                 ) =>
             {
                 Ok(())
@@ -441,7 +453,8 @@ impl<H: Handler> Shard<H> {
             match errno(res) {
                 // The ring ran dry (armed again by `settle`, after this turn's buffers
                 // are back), or our own cancellation.
-                libc::ENOBUFS | libc::ECANCELED => {}
+                libc::ENOBUFS => self.ring_dry += 1,
+                libc::ECANCELED => {}
                 _ => return self.close(key, Close::Error),
             }
         }
