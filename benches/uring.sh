@@ -81,14 +81,16 @@ for load in "${loads[@]}"; do
     read -r -a words <<<"$load"
     # ONLY=echo-1000x16 (a pattern) runs only the loads it matches (and the idle runs
     # only if it matches "idle").
+    # shellcheck disable=SC2053 # ONLY is a pattern
     [[ -n "${ONLY:-}" && "${words[0]}" != $ONLY ]] && continue
-    for round in $(seq "$ROUNDS"); do
+    for _ in $(seq "$ROUNDS"); do
         for io in epoll uring; do
             measure "$io" "${words[0]}" "${words[1]}" "${words[@]:2}"
         done
     done
 done
 
+# shellcheck disable=SC2053 # ONLY is a pattern
 [[ -n "${ONLY:-}" && idle != $ONLY ]] && exit 0
 # Idle memory, cold (a fresh server) and warm (after a second of load: what the shard
 # keeps whatever the connections, its buffer pool and, with io_uring, the pages of the
