@@ -176,6 +176,9 @@ impl Server {
                 proxy_protocol: crate::proxy::ProxyMode::Off,
                 tls_cert: None,
                 tls_key: None,
+                // The same backend as the server it reports on (not the environment's
+                // default, which `Config::default` would read).
+                io: cfg.io,
                 ..Config::default()
             };
             let admin = Admin::new(Sources {
