@@ -31,6 +31,8 @@
 //! - [`listener`]: socket options and the open-files limit.
 //! - [`config`]: every setting and its default.
 //! - [`stats`]: the counters.
+//! - `uring` (private, Linux with `--features uring`): the io_uring backend
+//!   (`--io uring`): the same shards on completions instead of readiness.
 //! - `metrics` (private): `/metrics` (Prometheus) and `/health`, served by a shard of
 //!   their own.
 //!
@@ -70,6 +72,8 @@ mod shared;
 pub mod stats;
 pub mod timer;
 pub mod tls;
+#[cfg(all(target_os = "linux", feature = "uring"))]
+mod uring;
 pub mod wire;
 pub mod workers;
 

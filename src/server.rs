@@ -37,11 +37,64 @@ const POOL_STOP_WAIT: Duration = Duration::from_secs(1);
 const PLAIN_HTTP_ON_TLS: &[u8] = b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\n\
 Content-Length: 49\r\nConnection: close\r\n\r\nThe plain HTTP request was sent to an HTTPS port\n";
 
+/// How the server wakes a shard blocked in its wait (to see the shutdown flags).
+enum ShardWaker {
+    Epoll(Arc<Waker>),
+    #[cfg(all(target_os = "linux", feature = "uring"))]
+    Uring(Arc<crate::uring::Waker>),
+}
+
+impl ShardWaker {
+    fn wake(&self) {
+        let _ = match self {
+            ShardWaker::Epoll(w) => w.wake(),
+            #[cfg(all(target_os = "linux", feature = "uring"))]
+            ShardWaker::Uring(w) => w.wake(),
+        };
+    }
+}
+
+/// Whether the shards run on io_uring: `--io` (or REACTOR_IO), what this build has,
+/// what the kernel allows, and what the configuration needs (`pooled`: the handler
+/// runs on the worker pool). `--io uring` fails when it cannot be had; `--io auto`
+/// falls back to epoll and says why.
+fn use_uring(cfg: &Config, pooled: bool, name: &str) -> io::Result<bool> {
+    use crate::config::IoBackend;
+    let auto = match cfg.io {
+        IoBackend::Epoll => return Ok(false),
+        IoBackend::Uring => false,
+        IoBackend::Auto => true,
+    };
+    #[cfg(all(target_os = "linux", feature = "uring"))]
+    let why = match crate::uring::unsupported(cfg, pooled) {
+        Some(what) => format!("the io_uring backend does not support {what} yet"),
+        None => match crate::uring::probe() {
+            Ok(_) => return Ok(true),
+            Err(e) => e,
+        },
+    };
+    #[cfg(not(all(target_os = "linux", feature = "uring")))]
+    let why = {
+        let _ = pooled;
+        if cfg!(target_os = "linux") {
+            "built without io_uring support: rebuild with --features uring".to_string()
+        } else {
+            "io_uring exists only on Linux".to_string()
+        }
+    };
+    if auto {
+        info!("{name}: --io auto: using epoll ({why})");
+        Ok(false)
+    } else {
+        Err(invalid(format!("--io uring: {why}")))
+    }
+}
+
 /// A running server.
 pub struct Server {
     addr: SocketAddr,
     shared: Arc<Shared>,
-    wakers: Vec<Arc<Waker>>,
+    wakers: Vec<ShardWaker>,
     threads: Vec<JoinHandle<io::Result<Counters>>>,
     pool: Option<Pool>,
     /// The /metrics and /health endpoint, a server of its own.
@@ -123,6 +176,9 @@ impl Server {
                 proxy_protocol: crate::proxy::ProxyMode::Off,
                 tls_cert: None,
                 tls_key: None,
+                // The same backend as the server it reports on (not the environment's
+                // default, which `Config::default` would read).
+                io: cfg.io,
                 ..Config::default()
             };
             let admin = Admin::new(Sources {
@@ -225,6 +281,7 @@ impl Server {
             (None, None) => None,
             _ => return Err(invalid("--tls-cert and --tls-key go together".into())),
         };
+        let uring = use_uring(cfg, H::POOLED, name)?;
         let (soft, hard) = raise_nofile_limit()?;
         let fit = soft.saturating_sub(FD_RESERVE) as usize;
         let max_conns = match cfg.max_connections {
@@ -292,10 +349,12 @@ impl Server {
             Vec::new()
         };
         let mut parts = Vec::with_capacity(threads);
-        for listener in listeners {
-            let poll = Poll::new()?;
-            let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
-            parts.push((poll, listener, waker));
+        if !uring {
+            for listener in listeners.drain(..) {
+                let poll = Poll::new()?;
+                let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+                parts.push((poll, listener, waker));
+            }
         }
         let workers = match &pool {
             Some(p) => {
@@ -315,7 +374,7 @@ impl Server {
         info!(
             "{what} {addr}: protocol={:?} threads={threads} \
              max_connections={max_conns} idle_timeout={:?} read_timeout={:?} \
-             write_timeout={:?} high_water={} delay_ms={} open_files={soft} (hard {hard}){workers}{}",
+             write_timeout={:?} high_water={} delay_ms={} open_files={soft} (hard {hard}){workers}{} io={}",
             cfg.protocol,
             cfg.idle_timeout,
             cfg.read_timeout,
@@ -323,6 +382,7 @@ impl Server {
             set.high_water,
             cfg.delay_ms,
             if set.tls.is_some() { " tls=on" } else { "" },
+            if uring { "uring" } else { "epoll" },
         );
         let handler = Arc::new(handler);
         let mut server = Server {
@@ -336,6 +396,10 @@ impl Server {
             takeover: None,
             tls,
         };
+        if uring {
+            Server::spawn_uring(&mut server, listeners, handler, &set)?;
+            return Ok(server);
+        }
         // Everything that can fail is done before the first thread starts: binding,
         // polls, wakers, and each shard's registration.
         let mut shards = Vec::with_capacity(threads);
@@ -357,7 +421,7 @@ impl Server {
                 .spawn(move || shard.run());
             match spawned {
                 Ok(handle) => {
-                    server.wakers.push(waker);
+                    server.wakers.push(ShardWaker::Epoll(waker));
                     server.threads.push(handle);
                 }
                 Err(e) => {
@@ -372,6 +436,59 @@ impl Server {
         }
         server.takeover = takeover.map(|(_, stream)| stream);
         Ok(server)
+    }
+
+    /// Starts one io_uring shard per listener. As for epoll, everything that can fail
+    /// (the rings, the wakers) is done before the first thread starts.
+    #[cfg(all(target_os = "linux", feature = "uring"))]
+    fn spawn_uring<H: Handler>(
+        server: &mut Server,
+        listeners: Vec<mio::net::TcpListener>,
+        handler: Arc<H>,
+        set: &Settings,
+    ) -> io::Result<()> {
+        let mode = crate::uring::probe().map_err(io::Error::other)?;
+        let uset = crate::uring::Settings::from_epoll(set, mode);
+        let mut shards = Vec::with_capacity(listeners.len());
+        for (id, listener) in listeners.into_iter().enumerate() {
+            let waker = Arc::new(crate::uring::Waker::new()?);
+            let shard = crate::uring::Shard::new(
+                id,
+                listener,
+                handler.clone(),
+                uset.clone(),
+                server.shared.clone(),
+                waker.clone(),
+            )?;
+            shards.push((id, shard, waker));
+        }
+        for (id, shard, waker) in shards {
+            let spawned = std::thread::Builder::new()
+                .name(format!("reactor-{id}"))
+                .spawn(move || shard.run());
+            match spawned {
+                Ok(handle) => {
+                    server.wakers.push(ShardWaker::Uring(waker));
+                    server.threads.push(handle);
+                }
+                Err(e) => {
+                    server.shared.force.store(true, Ordering::Release);
+                    server.shutdown();
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    #[cfg(not(all(target_os = "linux", feature = "uring")))]
+    fn spawn_uring<H: Handler>(
+        _: &mut Server,
+        _: Vec<mio::net::TcpListener>,
+        _: Arc<H>,
+        _: &Settings,
+    ) -> io::Result<()> {
+        Err(invalid("built without io_uring support".into()))
     }
 
     /// The listening sockets, to hand over to a successor.
@@ -444,7 +561,7 @@ impl Server {
             self.shared.force.store(true, Ordering::Release);
         }
         for w in &self.wakers {
-            let _ = w.wake();
+            w.wake();
         }
     }
 
@@ -496,7 +613,7 @@ impl Drop for Server {
         self.shared.shutdown.store(true, Ordering::Release);
         self.shared.force.store(true, Ordering::Release);
         for w in &self.wakers {
-            let _ = w.wake();
+            w.wake();
         }
     }
 }

@@ -47,7 +47,7 @@ impl Server {
         Server::start_cmd_logging(Command::new(binary()), args, log)
     }
 
-    fn start_cmd(cmd: Command, args: &str) -> Server {
+    pub fn start_cmd(cmd: Command, args: &str) -> Server {
         Server::start_cmd_logging(cmd, args, "info")
     }
 
