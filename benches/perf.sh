@@ -242,6 +242,10 @@ user_share() {
         awk '{n++; if (length($1) >= 16 && $1 ~ /^ffff/) k++}
             END {if (n < 50) print "nan"; else printf "%.4f\n", 1 - k / n}'
 }
+# perf_samples: how many samples $WORK/perf.data holds (for the log).
+perf_samples() {
+    perf script -i "$WORK/perf.data" -F ip 2>/dev/null | wc -l
+}
 
 # measure LOAD NAME ROUND: one run of LOAD against server NAME.
 measure() {
@@ -279,6 +283,9 @@ measure() {
     c1=$(core_ticks "$CLIENT_CPU")
     perf_stop
     share=$(user_share)
+    if [ "$HAVE_PERF" = 1 ] && awk -v s="$share" 'BEGIN {exit !(s == "nan" || s < 0.01)}'; then
+        log "$load on $name: user share $share from $(perf_samples) perf samples (suspicious)"
+    fi
     if ! [[ "$reqs" =~ ^[0-9]+$ ]] || [ "$reqs" -eq 0 ]; then
         log "$load on $name: no requests served; the client said:"
         head -n 20 <<<"$out" | sed 's/^/    /' >&2
@@ -472,9 +479,9 @@ if [ ${#BACKENDS[@]} -gt 1 ]; then uring=1; fi
             if [ "$uring" = 1 ]; then
                 epoll=${name%-*}-epoll
                 if [ "$name" = "$epoll" ]; then
-                    row="$row | - "
+                    row="$row | -"
                 else
-                    row="$row | $(ratio "$load $name cpu_us" "$load $epoll cpu_us"), $(ratio "$load $name user_us" "$load $epoll user_us") "
+                    row="$row | $(ratio "$load $name cpu_us" "$load $epoll cpu_us"), $(ratio "$load $name user_us" "$load $epoll user_us")"
                 fi
             fi
             echo "$row |"
