@@ -190,8 +190,13 @@ stop_server() {
 
 if [ "$IO_FLAG" = 1 ]; then
     if start_server reactor-echo-uring; then
-        BACKENDS+=(uring)
         stop_server
+        # A reactor that logs its backend and says another one fell back.
+        if grep -Eq 'io=(epoll|auto)' "$WORK/reactor-echo-uring.log"; then
+            log "reactor --io uring runs on another backend: $(grep -Eo 'io=[a-z]+' "$WORK/reactor-echo-uring.log" | head -n 1); epoll only"
+        else
+            BACKENDS+=(uring)
+        fi
     else
         log "reactor has --io but --io uring does not start: epoll only"
     fi
