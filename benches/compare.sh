@@ -18,6 +18,8 @@
 # Environment: DURATION (s), ROUNDS, CONNS, IDLE_CONNS, RATE, SERVER_CPU, CLIENT_CPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=benches/lib.sh
+. benches/lib.sh
 
 DURATION=${DURATION:-10}
 ROUNDS=${ROUNDS:-3}
@@ -46,18 +48,12 @@ need=()
 command -v wrk >/dev/null 2>&1 || need+=(wrk)
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
 if [ ${#need[@]} -gt 0 ]; then
-    log "installing ${need[*]}"
-    if [ "$(id -u)" -ne 0 ]; then
-        echo "compare.sh: need ${need[*]}; run as root or install them" >&2
-        exit 1
-    fi
-    DEBIAN_FRONTEND=noninteractive apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+    install_missing "${need[@]}" || { echo "compare.sh: could not install ${need[*]}" >&2; exit 1; }
 fi
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 cargo build --release -q
-REACTOR=target/release/reactor
-BENCH=target/release/reactor-bench
+REACTOR=$(release_dir)/reactor
+BENCH=$(release_dir)/reactor-bench
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 WORK=$(mktemp -d)
@@ -69,19 +65,6 @@ cleanup() {
     rm -rf "$WORK"
 }
 trap cleanup EXIT
-
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-
-wait_port() {
-    for _ in $(seq 100); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-        sleep 0.1
-    done
-    echo "compare.sh: nothing listening on port $1" >&2
-    return 1
-}
 
 # --- servers -------------------------------------------------------------------------
 # start_server NAME PORT: sets SERVER_PID (the process that does the work).
@@ -95,30 +78,8 @@ start_server() {
             wait_port "$port"
             ;;
         nginx)
-            mkdir -p "$WORK/nginx"
-            cat >"$WORK/nginx.conf" <<EOF
-worker_processes 1;
-worker_rlimit_nofile 20000;
-daemon on;
-pid $WORK/nginx.pid;
-error_log $WORK/nginx-error.log warn;
-events { worker_connections 20000; multi_accept on; }
-http {
-    access_log off;
-    keepalive_requests 1000000;
-    keepalive_timeout 600s;
-    client_body_temp_path $WORK/nginx;
-    proxy_temp_path $WORK/nginx;
-    fastcgi_temp_path $WORK/nginx;
-    uwsgi_temp_path $WORK/nginx;
-    scgi_temp_path $WORK/nginx;
-    server {
-        listen 127.0.0.1:$port backlog=4096;
-        location / { default_type text/plain; return 200 "Hello, World!"; }
-    }
-}
-EOF
-            taskset -c "$SERVER_CPU" "$NGINX" -c "$WORK/nginx.conf" -p "$WORK"
+            write_nginx_conf "$WORK/nginx.conf" "$port" "$WORK"
+            taskset -c "$SERVER_CPU" "$NGINX" -c "$WORK/nginx.conf" -g 'daemon on;' -p "$WORK"
             wait_port "$port"
             # The worker does the work; measure it.
             SERVER_PID=$(pgrep -P "$(cat "$WORK/nginx.pid")" | head -n 1)
@@ -139,9 +100,6 @@ stop_server() {
     SERVER_PID=""
     sleep 0.5
 }
-
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-CLK_TCK=$(getconf CLK_TCK)
 
 # --- one round of every measurement against one server ---------------------------------
 # Appends "metric value" lines to $WORK/NAME.txt
@@ -197,26 +155,9 @@ measure() {
     stop_server "$name"
 }
 
-# wrk prints 512.00us, 1.20ms, 2.00s
-to_ms() {
-    awk '{ v = $1; if (v ~ /us$/) { sub(/us$/, "", v); v /= 1000 } else if (v ~ /ms$/) { sub(/ms$/, "", v) } else if (v ~ /s$/) { sub(/s$/, "", v); v *= 1000 } printf "%.3f", v }'
-}
-
+# A number from reactor-bench --json, to 3 decimals.
 jq_num() {
-    python3 -c 'import json,sys
-def find(o,k):
-    if isinstance(o,dict):
-        if k in o: return o[k]
-        for v in o.values():
-            r=find(v,k)
-            if r is not None: return r
-    return None
-v=find(json.loads(sys.argv[1]),sys.argv[2])
-print("nan" if v is None else round(float(v),3))' "$1" "$2"
-}
-
-median() { # metric file
-    awk -v m="$1" '$1 == m {print $2}' "$2" | sort -g | awk '{a[NR]=$1} END {if (NR == 0) print "nan"; else if (NR % 2) print a[(NR+1)/2]; else printf "%.3f\n", (a[NR/2] + a[NR/2+1]) / 2}'
+    awk -v v="$(json_num "$1" "$2")" 'BEGIN { if (v == "nan") print v; else printf "%.3f\n", v }'
 }
 
 log "reactor vs nginx: ${ROUNDS} rounds, ${DURATION}s runs, ${CONNS} connections, server on CPU ${SERVER_CPU}, client on CPU ${CLIENT_CPU}"

@@ -424,6 +424,8 @@ fn scripts_are_shellcheck_clean() {
         "benches/workers.sh",
         "benches/chart.sh",
         "benches/tls.sh",
+        "benches/perf.sh",
+        "benches/lib.sh",
         "deploy/reload.sh",
         ".ci/run",
     ];

@@ -1,0 +1,116 @@
+# shellcheck shell=bash
+# Helpers shared by the benchmark scripts (benches/compare.sh, benches/perf.sh).
+# Sourced, not run: `. benches/lib.sh` from the repository root.
+
+# install_missing PKG...: apt-get install the given Debian packages (as root only).
+# Returns 1 if they could not be installed.
+install_missing() {
+    [ $# -gt 0 ] || return 0
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "need $*: run as root or install them" >&2
+        return 1
+    fi
+    echo "installing $*" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null 2>&1 || true
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null 2>&1
+}
+
+# release_dir: the directory of cargo's release binaries (honours CARGO_TARGET_DIR).
+release_dir() {
+    local t=${CARGO_TARGET_DIR:-target}
+    (cd "$t/release" && pwd)
+}
+
+# free_port: a TCP port nothing listens on, on 127.0.0.1.
+free_port() {
+    if command -v python3 >/dev/null 2>&1; then
+        python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+        return
+    fi
+    local p
+    while :; do
+        p=$((20000 + RANDOM % 30000))
+        (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo "$p"; return; }
+    done
+}
+
+# wait_port PORT [PID]: wait up to 10 s for something to listen on PORT; fails at once
+# if PID (the server) exits first.
+wait_port() {
+    for _ in $(seq 100); do
+        if [ -n "${2:-}" ] && ! kill -0 "$2" 2>/dev/null; then
+            return 1
+        fi
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        sleep 0.1
+    done
+    echo "nothing listening on port $1" >&2
+    return 1
+}
+
+# cpu_ticks PID: the process's utime+stime (all its threads), in clock ticks.
+# (Fields 14 and 15 of /proc/PID/stat; the command name, field 2, has no spaces here.)
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# shellcheck disable=SC2034  # used by the scripts that source this file
+CLK_TCK=$(getconf CLK_TCK)
+
+# core_ticks CPU: "busy total" jiffies of one core, from /proc/stat.
+core_ticks() {
+    awk -v c="cpu$1" '$1 == c {t = 0; for (i = 2; i <= NF; i++) t += $i; print t - $5 - $6, t}' /proc/stat
+}
+
+# wrk prints 512.00us, 1.20ms, 2.00s
+to_ms() {
+    awk '{ v = $1; if (v ~ /us$/) { sub(/us$/, "", v); v /= 1000 } else if (v ~ /ms$/) { sub(/ms$/, "", v) } else if (v ~ /s$/) { sub(/s$/, "", v); v *= 1000 } printf "%.3f", v }'
+}
+
+# json_num JSON KEY: a number from reactor-bench --json (pretty printed, one key a line;
+# the keys read are unique in the report, nested ones included), or nan if absent/null.
+json_num() {
+    awk -v k="\"$2\":" '$1 == k {v = $2; sub(/,$/, "", v); print (v == "null" ? "nan" : v); found = 1; exit}
+        END {if (!found) print "nan"}' <<<"$1"
+}
+
+# values KEY FILE: the values of the lines "KEY value" of FILE (KEY may have spaces).
+values() {
+    awk -v k="$1" '{v = $NF; $NF = ""; sub(/ +$/, ""); if ($0 == k) print v}' "$2"
+}
+
+# median KEY FILE: the median of the values of KEY (nan if none).
+median() {
+    values "$1" "$2" | grep -v nan | sort -g |
+        awk '{a[NR]=$1} END {if (NR == 0) print "nan"; else if (NR % 2) print a[(NR+1)/2]; else printf "%.3f\n", (a[NR/2] + a[NR/2+1]) / 2}'
+}
+
+# minmax KEY FILE: "min max" of the values of KEY (nan nan if none).
+minmax() {
+    values "$1" "$2" | grep -v nan | sort -g | awk 'NR == 1 {lo = $1} {hi = $1} END {if (NR == 0) print "nan nan"; else print lo, hi}'
+}
+
+# write_nginx_conf FILE PORT DIR: one worker, no access log, keep-alive for ever, the
+# same "Hello, World!" body as reactor --protocol http. Start it with
+# `nginx -c FILE -g 'daemon on;'` (or off); its pid file is DIR/nginx.pid.
+write_nginx_conf() {
+    mkdir -p "$3/nginx"
+    cat >"$1" <<EOF
+worker_processes 1;
+worker_rlimit_nofile 20000;
+pid $3/nginx.pid;
+error_log $3/nginx-error.log warn;
+events { worker_connections 20000; multi_accept on; }
+http {
+    access_log off;
+    keepalive_requests 1000000;
+    keepalive_timeout 600s;
+    client_body_temp_path $3/nginx;
+    proxy_temp_path $3/nginx;
+    fastcgi_temp_path $3/nginx;
+    uwsgi_temp_path $3/nginx;
+    scgi_temp_path $3/nginx;
+    server {
+        listen 127.0.0.1:$2 backlog=4096;
+        location / { default_type text/plain; return 200 "Hello, World!"; }
+    }
+}
+EOF
+}

@@ -1,0 +1,542 @@
+#!/usr/bin/env bash
+# One command, one run, the whole table: server CPU per request of reactor against a peer
+# on four loads, each server on one core, with the user-space share from perf.
+#
+#   HTTP hello, wrk -t1 -c100 and -c1000: reactor --protocol http --threads 1 against
+#       nginx with one worker (access log off, the same "Hello, World!" body; the config
+#       of benches/compare.sh, from benches/lib.sh)
+#   echo 64 B, 100 connections x 1 in flight, and 1,000 connections x 16 in flight
+#       (pipelined), load from reactor-bench: reactor --protocol echo --threads 1
+#       against benches/tokio-echo (tokio, one worker thread)
+#
+# Servers run on CPU $SERVER_CPU, the client (and perf, strace) on CPU $CLIENT_CPU. Each
+# round runs every load against every server in turn (A B A B; the order flips every
+# other round); each figure is the median over $ROUNDS rounds with the min-max next to
+# it. Server CPU per request = utime+stime ticks of the server process (nginx: its
+# worker) over the load, from /proc/PID/stat, divided by the requests served. The user
+# share: `perf record -e cpu-clock -F 1000 -p PID` during every load on every server,
+# the fraction of samples at user addresses; user CPU per request = CPU per request x
+# that share ("n/a" without a working perf).
+#
+# If the reactor binary has `--io` (in --help) and `--io uring` starts, reactor runs
+# twice, `--io epoll` and `--io uring`, and the tables gain the uring rows.
+#
+# A second table, from the same run: syscalls per request on a fixed number of requests
+# (100 connections x $SYSCALL_REQUESTS each, one in flight, the server's own protocol),
+# counted by `strace -c -f` (which slows the server, so it batches more events per wait
+# than at full speed) and, with perf, by the syscalls tracepoints at full speed; and
+# server RSS per idle connection with $IDLE_CONNS connections held open (a fresh
+# server; VmRSS is user space only, the kernel's socket memory is in no process).
+#
+# Usage: benches/perf.sh [--quick] [--out FILE]
+#   --quick       1 round of 2 s, 2,000 idle connections: a smoke test
+#   --out FILE    also write the tables to FILE
+# Environment: ROUNDS (3), DURATION (8 s), IDLE_CONNS (10000), SYSCALL_REQUESTS (200),
+#   SERVER_CPU (0), CLIENT_CPU (1), REACTOR_BIN (a reactor binary to use instead of
+#   the one built here), REACTOR_FEATURES (cargo features for the build, e.g. uring).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# shellcheck source=benches/lib.sh
+. benches/lib.sh
+
+COMMAND_LINE="benches/perf.sh $*"
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-8}
+IDLE_CONNS=${IDLE_CONNS:-10000}
+SYSCALL_REQUESTS=${SYSCALL_REQUESTS:-200}
+SERVER_CPU=${SERVER_CPU:-0}
+CLIENT_CPU=${CLIENT_CPU:-1}
+OUT=""
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --quick) ROUNDS=1; DURATION=2; IDLE_CONNS=2000 ;;
+        --out) OUT=${2:?--out needs a file}; shift ;;
+        -h|--help) sed -n '2,36p' "$0"; exit 0 ;;
+        *) echo "perf.sh: unknown argument $1" >&2; sed -n '31,36p' "$0" >&2; exit 2 ;;
+    esac
+    shift
+done
+if ! [[ "$ROUNDS" =~ ^[1-9][0-9]*$ && "$DURATION" =~ ^[1-9][0-9]*$ && "$IDLE_CONNS" =~ ^[0-9]+$ ]]; then
+    echo "perf.sh: ROUNDS and DURATION must be positive integers, IDLE_CONNS an integer" >&2
+    exit 2
+fi
+
+log() { echo "perf: $*" >&2; }
+STARTED=$(date +%s)
+
+# --- tools ---------------------------------------------------------------------------
+need=()
+command -v wrk >/dev/null 2>&1 || need+=(wrk)
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
+command -v taskset >/dev/null 2>&1 || need+=(util-linux)
+if [ ${#need[@]} -gt 0 ]; then
+    install_missing "${need[@]}" || { echo "perf.sh: could not install ${need[*]}" >&2; exit 1; }
+fi
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+# perf and strace are optional: their figures are n/a without them.
+command -v perf >/dev/null 2>&1 || install_missing linux-perf || true
+command -v strace >/dev/null 2>&1 || install_missing strace || true
+
+WORK=$(mktemp -d)
+SERVER_PID=""
+MEASURED_PID=""
+PERF_PID=""
+TRACER_PID=""
+# shellcheck disable=SC2317  # called by the trap
+cleanup() {
+    local p
+    for p in "$TRACER_PID" "$PERF_PID" "$SERVER_PID"; do
+        if [ -n "$p" ]; then kill "$p" 2>/dev/null || true; fi
+    done
+    if [ -n "$SERVER_PID" ]; then wait "$SERVER_PID" 2>/dev/null || true; fi
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+HAVE_PERF=0
+if command -v perf >/dev/null 2>&1 &&
+    perf record -e cpu-clock -q -o "$WORK/probe.data" -- true >/dev/null 2>&1; then
+    HAVE_PERF=1
+else
+    log "perf is missing or does not work here: user CPU is n/a"
+fi
+HAVE_STRACE=0
+if command -v strace >/dev/null 2>&1; then HAVE_STRACE=1; else log "no strace: its syscall counts are n/a"; fi
+
+# --- builds --------------------------------------------------------------------------
+features=()
+if [ -n "${REACTOR_FEATURES:-}" ]; then features=(--features "$REACTOR_FEATURES"); fi
+log "building reactor (cargo build --release ${features[*]})"
+cargo build --release --bins -q ${features[@]+"${features[@]}"}
+REACTOR=${REACTOR_BIN:-$(release_dir)/reactor}
+BENCH=$(release_dir)/reactor-bench
+if [ ! -x "$REACTOR" ]; then echo "perf.sh: $REACTOR is not an executable" >&2; exit 2; fi
+log "building the tokio peer (benches/tokio-echo)"
+cargo build --release -q --manifest-path benches/tokio-echo/Cargo.toml
+if [ -n "${CARGO_TARGET_DIR:-}" ]; then
+    TOKIO=$(release_dir)/tokio-echo
+else
+    TOKIO=benches/tokio-echo/target/release/tokio-echo
+fi
+TOKIO_VERSION=$(awk '/^name = "tokio"$/ {getline; gsub(/"/, "", $3); print $3; exit}' benches/tokio-echo/Cargo.lock)
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+if [ "$(ulimit -n)" -lt $((IDLE_CONNS + 200)) ]; then
+    log "open-files limit $(ulimit -n) is below IDLE_CONNS=$IDLE_CONNS: expect refused connections"
+fi
+
+# --- servers -------------------------------------------------------------------------
+# Configurations: reactor-http-BACKEND, nginx, reactor-echo-BACKEND, tokio.
+IO_FLAG=0
+BACKENDS=(epoll)
+if "$REACTOR" --help 2>&1 | grep -Eq -- '(^|[[:space:],])--io([[:space:]=,]|$)'; then
+    IO_FLAG=1
+fi
+
+# server_cmd NAME PORT: sets CMD, the command line of server configuration NAME.
+server_cmd() {
+    local name=$1 addr=127.0.0.1:$2 io=()
+    case "$name" in
+        reactor-*)
+            if [ "$IO_FLAG" = 1 ]; then io=(--io "${name##*-}"); fi
+            local proto=${name#reactor-}
+            proto=${proto%-*}
+            CMD=("$REACTOR" --protocol "$proto" --threads 1 --addr "$addr" --idle-timeout 0
+                --stats-interval 0 ${io[@]+"${io[@]}"}) ;;
+        nginx)
+            write_nginx_conf "$WORK/nginx.conf" "$2" "$WORK"
+            CMD=("$NGINX" -c "$WORK/nginx.conf" -g 'daemon off;' -p "$WORK") ;;
+        tokio) CMD=("$TOKIO" --addr "$addr" --threads 1) ;;
+        *) echo "perf.sh: no server $name" >&2; return 1 ;;
+    esac
+}
+
+# start_server NAME: starts it on a fresh port on CPU $SERVER_CPU; sets PORT,
+# SERVER_PID and MEASURED_PID (the process that serves: nginx's worker).
+start_server() {
+    local name=$1
+    PORT=$(free_port)
+    server_cmd "$name" "$PORT"
+    taskset -c "$SERVER_CPU" "${CMD[@]}" >"$WORK/$name.log" 2>&1 &
+    SERVER_PID=$!
+    if ! wait_port "$PORT" "$SERVER_PID"; then
+        log "$name did not start: ${CMD[*]}"
+        sed 's/^/    /' "$WORK/$name.log" | head -n 10 >&2
+        stop_server
+        return 1
+    fi
+    MEASURED_PID=$SERVER_PID
+    if [ "$name" = nginx ]; then
+        MEASURED_PID=""
+        for _ in $(seq 50); do
+            MEASURED_PID=$(pgrep -P "$SERVER_PID" | head -n 1 || true)
+            [ -z "$MEASURED_PID" ] || break
+            sleep 0.1
+        done
+        if [ -z "$MEASURED_PID" ]; then log "no nginx worker"; stop_server; return 1; fi
+    fi
+}
+
+stop_server() {
+    if [ -n "$SERVER_PID" ]; then
+        kill "$SERVER_PID" 2>/dev/null || true
+        wait "$SERVER_PID" 2>/dev/null || true
+    fi
+    SERVER_PID=""
+    MEASURED_PID=""
+    sleep 0.3
+}
+
+if [ "$IO_FLAG" = 1 ]; then
+    if start_server reactor-echo-uring; then
+        stop_server
+        # A reactor that logs its backend and says another one fell back.
+        if grep -Eq 'io=(epoll|auto)' "$WORK/reactor-echo-uring.log"; then
+            log "reactor --io uring runs on another backend: $(grep -Eo 'io=[a-z]+' "$WORK/reactor-echo-uring.log" | head -n 1); epoll only"
+        else
+            BACKENDS+=(uring)
+        fi
+    else
+        log "reactor has --io but --io uring does not start: epoll only"
+    fi
+fi
+log "reactor backends: ${BACKENDS[*]}"
+
+# --- measurements --------------------------------------------------------------------
+RESULTS=$WORK/results
+: >"$RESULTS"
+# record LOAD SERVER METRIC VALUE
+record() { echo "$1 $2 $3 $4" >>"$RESULTS"; }
+
+LOADS=(http100 http1000 echo1 echo16)
+load_label() {
+    case "$1" in
+        http100) echo "HTTP hello, wrk -t1 -c100" ;;
+        http1000) echo "HTTP hello, wrk -t1 -c1000" ;;
+        echo1) echo "echo 64 B, 100 conns x 1 in flight" ;;
+        echo16) echo "echo 64 B, 1,000 conns x 16 in flight" ;;
+    esac
+}
+# servers_of LOAD: the configurations measured on LOAD, reactor's first, the peer last.
+servers_of() {
+    local b proto=http peer=nginx
+    case "$1" in echo*) proto="echo"; peer=tokio ;; esac
+    for b in "${BACKENDS[@]}"; do echo "reactor-$proto-$b"; done
+    echo "$peer"
+}
+
+# perf_start PID / perf_stop FILE: sample PID's CPU (all its threads) into FILE.
+perf_start() {
+    [ "$HAVE_PERF" = 1 ] || return 0
+    taskset -c "$CLIENT_CPU" perf record -e cpu-clock -F 1000 -p "$1" -o "$WORK/perf.data" \
+        --no-buildid -q >/dev/null 2>&1 &
+    PERF_PID=$!
+    sleep 0.3
+}
+perf_stop() {
+    [ -n "$PERF_PID" ] || return 0
+    kill -INT "$PERF_PID" 2>/dev/null || true
+    wait "$PERF_PID" 2>/dev/null || true
+    PERF_PID=""
+}
+# user_share: the fraction of the samples in $WORK/perf.data at user-space addresses.
+user_share() {
+    if [ "$HAVE_PERF" != 1 ] || [ ! -s "$WORK/perf.data" ]; then echo nan; return; fi
+    perf script -i "$WORK/perf.data" -F ip 2>/dev/null |
+        awk '{n++; if (length($1) >= 16 && $1 ~ /^ffff/) k++}
+            END {if (n < 50) print "nan"; else printf "%.4f\n", 1 - k / n}'
+}
+# perf_samples: how many samples $WORK/perf.data holds (for the log).
+perf_samples() {
+    perf script -i "$WORK/perf.data" -F ip 2>/dev/null | wc -l
+}
+
+# measure LOAD NAME ROUND: one run of LOAD against server NAME.
+measure() {
+    local load=$1 name=$2 round=$3 t0 t1 c0 c1 out reqs rps p99 share errs=0
+    start_server "$name" || { record "$load" "$name" failed 1; return 0; }
+    local url="http://127.0.0.1:$PORT/" bound=$((DURATION + 60))
+    perf_start "$MEASURED_PID"
+    c0=$(core_ticks "$CLIENT_CPU")
+    t0=$(cpu_ticks "$MEASURED_PID")
+    case "$load" in
+        http*)
+            out=$(timeout -k 5 "$bound" taskset -c "$CLIENT_CPU" wrk -t1 -c"${load#http}" \
+                -d"${DURATION}s" --latency "$url" 2>&1) || true
+            t1=$(cpu_ticks "$MEASURED_PID")
+            reqs=$(awk '/requests in/ {print $1}' <<<"$out")
+            rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+            p99=$(awk '$1 == "99%" {print $2; exit}' <<<"$out" | to_ms)
+            errs=$(awk '/Socket errors/ {gsub(/,/, ""); print $4 + $6 + $8 + $10} /Non-2xx/ {print $NF}' <<<"$out" |
+                awk '{s += $1} END {print s + 0}')
+            ;;
+        echo*)
+            local conns=100 pipeline=1
+            if [ "$load" = echo16 ]; then conns=1000; pipeline=16; fi
+            out=$(timeout -k 5 "$bound" taskset -c "$CLIENT_CPU" "$BENCH" --addr "127.0.0.1:$PORT" \
+                --protocol echo --size 64 --conns "$conns" --pipeline "$pipeline" \
+                --duration "$DURATION" --json --quiet 2>&1) || true
+            t1=$(cpu_ticks "$MEASURED_PID")
+            reqs=$(json_num "$out" requests_ok)
+            rps=$(json_num "$out" requests_per_sec)
+            p99=$(json_num "$out" p99_ms)
+            errs=$(awk -v a="$(json_num "$out" requests_failed)" -v b="$(json_num "$out" conns_failed)" \
+                'BEGIN {print a + b}')
+            ;;
+    esac
+    c1=$(core_ticks "$CLIENT_CPU")
+    perf_stop
+    share=$(user_share)
+    if [ "$HAVE_PERF" = 1 ] && awk -v s="$share" 'BEGIN {exit !(s == "nan" || s < 0.01)}'; then
+        log "$load on $name: user share $share from $(perf_samples) perf samples (suspicious)"
+    fi
+    if ! [[ "$reqs" =~ ^[0-9]+$ ]] || [ "$reqs" -eq 0 ]; then
+        log "$load on $name: no requests served; the client said:"
+        head -n 20 <<<"$out" | sed 's/^/    /' >&2
+        record "$load" "$name" failed 1
+        stop_server
+        return 0
+    fi
+    if [ "$errs" != 0 ]; then log "$load on $name: $errs errors"; fi
+    local cpu_us
+    cpu_us=$(awk -v t=$((t1 - t0)) -v r="$reqs" -v hz="$CLK_TCK" 'BEGIN {printf "%.4f", t / hz * 1e6 / r}')
+    record "$load" "$name" rps "$rps"
+    record "$load" "$name" p99_ms "$p99"
+    record "$load" "$name" cpu_us "$cpu_us"
+    record "$load" "$name" user_share "$share"
+    record "$load" "$name" user_us "$(awk -v c="$cpu_us" -v s="$share" 'BEGIN {if (s == "nan") print "nan"; else printf "%.4f", c * s}')"
+    record "$load" "$name" errors "$errs"
+    record "$load" "$name" client_busy "$(awk -v a="$c0" -v b="$c1" 'BEGIN {split(a, x, " "); split(b, y, " "); if (y[2] > x[2]) printf "%.1f", 100 * (y[1] - x[1]) / (y[2] - x[2]); else print "nan"}')"
+    # The last round's profile of each server, for the hot spots at the end.
+    if [ "$round" = "$ROUNDS" ] && [ -s "$WORK/perf.data" ]; then
+        cp "$WORK/perf.data" "$WORK/$load-$name.perf"
+    fi
+    stop_server
+}
+
+# syscall_run NAME: the fixed-count run; prints reactor-bench's requests_ok.
+syscall_run() {
+    local proto=http
+    case "$1" in *echo* | tokio) proto="echo" ;; esac
+    local out
+    out=$(timeout -k 5 120 taskset -c "$CLIENT_CPU" "$BENCH" --addr "127.0.0.1:$PORT" \
+        --protocol "$proto" --size 64 --conns 100 --requests "$SYSCALL_REQUESTS" --json --quiet 2>&1) || true
+    json_num "$out" requests_ok
+}
+
+# Syscall names counted as reads, writes and waits.
+READS="read readv recvfrom recvmsg"
+WRITES="write writev sendto sendmsg"
+WAITS="epoll_wait epoll_pwait epoll_pwait2 io_uring_enter"
+
+# syscalls_strace NAME: strace -c -f over the fixed-count run; records per-request counts.
+syscalls_strace() {
+    local name=$1 reqs
+    timeout -k 5 180 taskset -c "$CLIENT_CPU" strace -c -f -p "$MEASURED_PID" -o "$WORK/strace.txt" \
+        2>/dev/null &
+    TRACER_PID=$!
+    sleep 0.5
+    reqs=$(syscall_run "$name")
+    kill -INT "$TRACER_PID" 2>/dev/null || true
+    wait "$TRACER_PID" 2>/dev/null || true
+    TRACER_PID=""
+    [[ "$reqs" =~ ^[0-9]+$ ]] && [ "$reqs" -gt 0 ] || return 0
+    # Rows: % time, seconds, usecs/call, calls, [errors], syscall.
+    awk -v reqs="$reqs" -v reads="$READS" -v writes="$WRITES" -v waits="$WAITS" '
+        BEGIN {split(reads, a, " "); for (i in a) R[a[i]] = 1; split(writes, a, " "); for (i in a) W[a[i]] = 1
+               split(waits, a, " "); for (i in a) P[a[i]] = 1}
+        $1 ~ /^[0-9.]+$/ && NF >= 5 {
+            if ($NF == "total") all = $4
+            else if ($NF in R) r += $4; else if ($NF in W) w += $4; else if ($NF in P) p += $4 }
+        END {printf "st_read %.3f\nst_write %.3f\nst_wait %.3f\nst_all %.3f\n", r / reqs, w / reqs, p / reqs, all / reqs}
+    ' "$WORK/strace.txt" | while read -r metric value; do record syscalls "$name" "$metric" "$value"; done
+}
+
+# syscalls_perf NAME: the same run, counted with the syscalls tracepoints (full speed).
+syscalls_perf() {
+    local name=$1 reqs ev=() n
+    [ "$HAVE_PERF" = 1 ] || return 0
+    for n in $READS $WRITES $WAITS; do
+        if [ -d "/sys/kernel/tracing/events/syscalls/sys_enter_$n" ] ||
+            [ -d "/sys/kernel/debug/tracing/events/syscalls/sys_enter_$n" ]; then
+            ev+=(-e "syscalls:sys_enter_$n")
+        fi
+    done
+    [ ${#ev[@]} -gt 0 ] || return 0
+    timeout -k 5 180 taskset -c "$CLIENT_CPU" perf stat -x, -o "$WORK/pstat.txt" \
+        -e raw_syscalls:sys_enter "${ev[@]}" -p "$MEASURED_PID" >/dev/null 2>&1 &
+    TRACER_PID=$!
+    sleep 0.5
+    reqs=$(syscall_run "$name")
+    kill -INT "$TRACER_PID" 2>/dev/null || true
+    wait "$TRACER_PID" 2>/dev/null || true
+    TRACER_PID=""
+    [[ "$reqs" =~ ^[0-9]+$ ]] && [ "$reqs" -gt 0 ] || return 0
+    awk -F, -v reqs="$reqs" -v reads="$READS" -v writes="$WRITES" -v waits="$WAITS" '
+        BEGIN {split(reads, a, " "); for (i in a) R[a[i]] = 1; split(writes, a, " "); for (i in a) W[a[i]] = 1
+               split(waits, a, " "); for (i in a) P[a[i]] = 1}
+        $1 ~ /^[0-9]+$/ {
+            e = $3; if (e == "raw_syscalls:sys_enter") all = $1
+            sub(/^syscalls:sys_enter_/, "", e)
+            if (e in R) r += $1; else if (e in W) w += $1; else if (e in P) p += $1 }
+        END {printf "pf_read %.3f\npf_write %.3f\npf_wait %.3f\npf_all %.3f\n", r / reqs, w / reqs, p / reqs, all / reqs}
+    ' "$WORK/pstat.txt" | while read -r metric value; do record syscalls "$name" "$metric" "$value"; done
+}
+
+# idle NAME: a fresh server, $IDLE_CONNS idle connections held 3 s: RSS per connection.
+idle() {
+    local name=$1 out held
+    start_server "$name" || return 0
+    out=$(timeout -k 5 120 taskset -c "$CLIENT_CPU" "$BENCH" --addr "127.0.0.1:$PORT" --mode idle \
+        --conns "$IDLE_CONNS" --duration 3 --source-ips 127.0.0.1,127.0.0.2 \
+        --server-pid "$MEASURED_PID" --json --quiet 2>&1) || true
+    held=$(awk -v a="$(json_num "$out" conns_established)" -v b="$(json_num "$out" conns_closed_by_server)" \
+        'BEGIN {print a - b}')
+    if [ "$held" != "$IDLE_CONNS" ]; then log "idle on $name: $held of $IDLE_CONNS connections held"; fi
+    record idle "$name" held "$held"
+    record idle "$name" bytes_per_conn "$(json_num "$out" server_bytes_per_conn)"
+    stop_server
+}
+
+CONFIGS=()
+for b in "${BACKENDS[@]}"; do CONFIGS+=("reactor-http-$b"); done
+CONFIGS+=(nginx)
+for b in "${BACKENDS[@]}"; do CONFIGS+=("reactor-echo-$b"); done
+CONFIGS+=(tokio)
+
+# reorder ROUND ITEM...: the items, reversed on even rounds.
+reorder() {
+    local round=$1; shift
+    if [ $((round % 2)) = 0 ]; then printf '%s\n' "$@" | tac; else printf '%s\n' "$@"; fi
+}
+
+log "${ROUNDS} rounds of ${DURATION} s per load; servers on CPU $SERVER_CPU, client on CPU $CLIENT_CPU; perf $HAVE_PERF, strace $HAVE_STRACE"
+for round in $(seq "$ROUNDS"); do
+    for load in "${LOADS[@]}"; do
+        mapfile -t servers < <(servers_of "$load")
+        while read -r name; do
+            log "round $round/$ROUNDS: $(load_label "$load") on $name"
+            measure "$load" "$name" "$round"
+        done < <(reorder "$round" "${servers[@]}")
+    done
+    while read -r name; do
+        log "round $round/$ROUNDS: syscalls and $IDLE_CONNS idle connections on $name"
+        if start_server "$name"; then
+            if [ "$HAVE_STRACE" = 1 ]; then syscalls_strace "$name"; fi
+            syscalls_perf "$name"
+            stop_server
+        fi
+        idle "$name"
+    done < <(reorder "$round" "${CONFIGS[@]}")
+done
+
+# --- tables --------------------------------------------------------------------------
+# cell KEY DIGITS: "median (min-max)" of KEY ("load server metric"), or n/a.
+cell() {
+    local m lo hi
+    m=$(median "$1" "$RESULTS")
+    read -r lo hi < <(minmax "$1" "$RESULTS")
+    awk -v m="$m" -v lo="$lo" -v hi="$hi" -v d="$2" -v r="$ROUNDS" 'BEGIN {
+        if (m == "nan") { print "n/a"; exit }
+        if (r > 1) printf "%.*f (%.*f-%.*f)\n", d, m, d, lo, d, hi; else printf "%.*f\n", d, m }'
+}
+# ratio KEY_A KEY_B: median A / median B.
+ratio() {
+    awk -v a="$(median "$1" "$RESULTS")" -v b="$(median "$2" "$RESULTS")" \
+        'BEGIN {if (a == "nan" || b == "nan" || b + 0 == 0) print "n/a"; else printf "%.2f\n", a / b}'
+}
+server_label() {
+    case "$1" in
+        reactor-*-epoll) if [ "$IO_FLAG" = 1 ]; then echo "reactor (epoll)"; else echo reactor; fi ;;
+        reactor-*-uring) echo "reactor (uring)" ;;
+        nginx) echo "nginx, 1 worker" ;;
+        tokio) echo "tokio $TOKIO_VERSION, 1 worker" ;;
+    esac
+}
+
+cpu_model=$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)
+uring=0
+if [ ${#BACKENDS[@]} -gt 1 ]; then uring=1; fi
+{
+    echo "Date: $(date -u '+%Y-%m-%d %H:%M UTC') · machine: $(nproc) CPUs, ${cpu_model:-unknown CPU}, Linux $(uname -r)"
+    echo "Command: \`$COMMAND_LINE\` (ROUNDS=$ROUNDS DURATION=$DURATION IDLE_CONNS=$IDLE_CONNS SERVER_CPU=$SERVER_CPU CLIENT_CPU=$CLIENT_CPU)"
+    echo "Servers: reactor $("$REACTOR" --version 2>/dev/null | awk '{print $2}') ($REACTOR, backends: ${BACKENDS[*]}), nginx $("$NGINX" -v 2>&1 | sed 's/.*nginx\///'), tokio $TOKIO_VERSION (benches/tokio-echo); each pinned to CPU $SERVER_CPU, one thread/worker"
+    echo "Clients: wrk -t1 (HTTP), reactor-bench one thread (echo), pinned to CPU $CLIENT_CPU; median of $ROUNDS alternating rounds of $DURATION s, (min-max) across rounds"
+    echo "CPU/request: server utime+stime from /proc/PID/stat over the run / requests served; user CPU/request: that x the share of perf cpu-clock samples (1 kHz) outside the kernel$([ "$HAVE_PERF" = 1 ] || echo " (perf unavailable: n/a)")"
+    echo
+    if [ "$uring" = 1 ]; then
+        echo "| load | reactor CPU/request (µs) | peer CPU/request (µs) | ratio | reactor user CPU/request (µs) | ratio | uring/epoll CPU, user |"
+        echo "|---|---|---|---|---|---|---|"
+    else
+        echo "| load | reactor CPU/request (µs) | peer CPU/request (µs) | ratio | reactor user CPU/request (µs) | ratio |"
+        echo "|---|---|---|---|---|---|"
+    fi
+    for load in "${LOADS[@]}"; do
+        mapfile -t servers < <(servers_of "$load")
+        peer=${servers[-1]}
+        for name in "${servers[@]}"; do
+            [ "$name" != "$peer" ] || continue
+            label="$(load_label "$load") (peer: $(server_label "$peer"))"
+            if [ "$uring" = 1 ]; then label="$label, $(server_label "$name")"; fi
+            row="| $label | $(cell "$load $name cpu_us" 2) | $(cell "$load $peer cpu_us" 2) | $(ratio "$load $name cpu_us" "$load $peer cpu_us")"
+            row="$row | $(cell "$load $name user_us" 3) | $(ratio "$load $name user_us" "$load $peer user_us")"
+            if [ "$uring" = 1 ]; then
+                epoll=${name%-*}-epoll
+                if [ "$name" = "$epoll" ]; then
+                    row="$row | -"
+                else
+                    row="$row | $(ratio "$load $name cpu_us" "$load $epoll cpu_us"), $(ratio "$load $name user_us" "$load $epoll user_us")"
+                fi
+            fi
+            echo "$row |"
+        done
+    done
+    echo
+    echo "Per server (ratio < 1: reactor uses less CPU per request than its peer). Client core busy: CPU $CLIENT_CPU from /proc/stat over the run (near 100%: the client limits requests/s, compare CPU/request)."
+    echo
+    echo "| load | server | requests/s | p99 (ms) | CPU/request (µs) | user CPU/request (µs) | user share | client core busy (%) |"
+    echo "|---|---|---|---|---|---|---|---|"
+    for load in "${LOADS[@]}"; do
+        mapfile -t servers < <(servers_of "$load")
+        for name in "${servers[@]}"; do
+            share=$(awk -v s="$(median "$load $name user_share" "$RESULTS")" 'BEGIN {if (s == "nan") print "n/a"; else printf "%.1f%%\n", 100 * s}')
+            echo "| $(load_label "$load") | $(server_label "$name") | $(cell "$load $name rps" 0) | $(cell "$load $name p99_ms" 2) | $(cell "$load $name cpu_us" 2) | $(cell "$load $name user_us" 3) | $share | $(cell "$load $name client_busy" 0) |"
+        done
+    done
+    failed=$(awk '$3 == "failed" || ($3 == "errors" && $4 != 0) {print $1 " on " $2}' "$RESULTS" | sort | uniq -c |
+        awk '{c = $1; $1 = ""; printf "%s%s (%d runs)", (NR > 1 ? ", " : ""), substr($0, 2), c}')
+    if [ -n "$failed" ]; then echo; echo "Runs that failed or had errors: $failed"; fi
+    echo
+    echo "Syscalls per request (100 connections x $SYSCALL_REQUESTS requests, 1 in flight; HTTP servers on HTTP, echo servers on echo 64 B); strace -c -f slows the server, so it sees fewer waits per request than the tracepoint count at full speed (perf stat -e syscalls:sys_enter_*). Reads: read/readv/recvfrom/recvmsg; writes: write/writev/sendto/sendmsg; waits: epoll_wait/epoll_pwait/epoll_pwait2/io_uring_enter. Server RSS per idle connection: a fresh server holding $IDLE_CONNS idle connections for 3 s, (peak VmRSS - VmRSS before) / connections (user space only: kernel socket memory is in no process)."
+    echo
+    echo "| server | strace: reads | writes | waits | all syscalls | perf: reads | writes | waits | all syscalls | RSS per idle connection (bytes) | connections held |"
+    echo "|---|---|---|---|---|---|---|---|---|---|---|"
+    for name in "${CONFIGS[@]}"; do
+        row="| $(server_label "$name") $(case "$name" in *http* | nginx) echo "(HTTP)" ;; *) echo "(echo)" ;; esac)"
+        for m in st_read st_write st_wait st_all pf_read pf_write pf_wait pf_all; do
+            row="$row | $(cell "syscalls $name $m" 2)"
+        done
+        echo "$row | $(cell "idle $name bytes_per_conn" 0) | $(cell "idle $name held" 0) |"
+    done
+    if [ "$HAVE_PERF" = 1 ]; then
+        echo
+        echo "Hot spots on echo 64 B 100x1, last round (perf report --sort dso,sym; % of all the server's samples): the top kernel symbols, then the top user-space ones."
+        for name in $(servers_of echo1); do
+            [ -s "$WORK/echo1-$name.perf" ] || continue
+            perf report -i "$WORK/echo1-$name.perf" --stdio --sort dso,sym -q 2>/dev/null |
+                sed '/^$/d' >"$WORK/report.txt" || true
+            echo
+            echo "$(server_label "$name"):"
+            echo '```'
+            grep -F '[k]' "$WORK/report.txt" | head -n 6 || true
+            grep -vF '[k]' "$WORK/report.txt" | head -n 8 || true
+            echo '```'
+        done
+    fi
+    echo
+    echo "Whole run: $(( $(date +%s) - STARTED )) s."
+} >"$WORK/table.md"
+cat "$WORK/table.md"
+if [ -n "$OUT" ]; then cp "$WORK/table.md" "$OUT"; fi
+exit 0
