@@ -59,6 +59,9 @@ const PUBLISH_MS: u64 = 100;
 /// Wheel: 10 ms ticks, 4096 slots (a 41 s rotation).
 const TICK_MS: u64 = 10;
 const SLOTS: usize = 4096;
+/// At most this many accept turns (each a budget of connections) empty the accept queue
+/// before a drain closes the listener.
+const MAX_FINAL_ACCEPTS: usize = 64;
 /// At most this many connections' room is reserved up front (a few tens of MB of
 /// address space, not memory).
 const MAX_RESERVED: usize = 1 << 20;
@@ -377,6 +380,16 @@ impl<H: Handler> Shard<H> {
     fn check_shutdown(&mut self) {
         if !self.io.draining && self.shared.shutdown.load(Ordering::Acquire) {
             self.io.draining = true;
+            // Connections waiting in the accept queue were let in by the kernel, and a
+            // load balancer may already have sent them a request: closing the listener
+            // would reset them. Take them first; they get the drain grace like any
+            // connection that has not spoken yet.
+            for _ in 0..MAX_FINAL_ACCEPTS {
+                self.accept();
+                if !self.acceptor.pending {
+                    break;
+                }
+            }
             self.acceptor.close(self.poll.registry());
             self.drain_deadline = Some(self.io.now + self.io.set.drain_ms);
             // Drive every connection once more before judging it idle: a request whose
