@@ -27,23 +27,6 @@ pub enum ProtocolKind {
     Json,
 }
 
-/// How the shards wait for and do their I/O.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum IoBackend {
-    /// Readiness with epoll (through mio), then read and write system calls: the
-    /// default, and the only backend that runs every feature.
-    Epoll,
-    /// Completions with io_uring (Linux, built with `--features uring`): multishot
-    /// accept and receive into a ring of shared buffers, sends batched into one system
-    /// call per loop turn. Fails to start when io_uring is unavailable or the
-    /// configuration needs what only epoll does (worker pool, TLS, PROXY protocol,
-    /// per-address limits, hand-over).
-    Uring,
-    /// io_uring where it is available and the configuration allows it, else epoll
-    /// (logged, with the reason).
-    Auto,
-}
-
 /// reactor: a TCP server on the operating system's event loop, one loop per thread.
 #[derive(Clone, Debug, Parser)]
 #[command(name = "reactor", version, about, long_about = None)]
@@ -55,11 +38,6 @@ pub struct Config {
     /// Protocol to speak.
     #[arg(long, value_enum, default_value_t = ProtocolKind::Http)]
     pub protocol: ProtocolKind,
-
-    /// I/O backend of the shards. The environment variable REACTOR_IO sets it when the
-    /// flag is not given (so a whole test suite can run on another backend).
-    #[arg(long, value_enum, env = "REACTOR_IO", default_value_t = IoBackend::Epoll)]
-    pub io: IoBackend,
 
     /// Reactor threads, each with its own SO_REUSEPORT listener (0 = one per CPU).
     #[arg(long, default_value_t = 0)]

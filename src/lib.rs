@@ -5,11 +5,12 @@
 //!
 //! - [`server`]: binds one SO_REUSEPORT listener per thread, starts the shards, turns
 //!   SIGINT/SIGTERM into a graceful drain.
-//! - `reactor` (private): one shard's loop: events, timers, completions, shutdown.
-//! - `accept` (private): accepting, bounded per turn, and surviving EMFILE.
-//! - `conn_io` (private): one connection's I/O: read until WouldBlock, decode, hand
-//!   requests to the worker pool, write.
-//! - `conn` (private): one connection's state, buffers, stage and deadlines.
+//! - `driver` (private): the epoll (mio) driver: one shard's loop, accepting, and the
+//!   system calls, nothing else.
+//! - `core` (private): the connection core, sans-IO: one connection's life in layers
+//!   (PROXY preamble, plain or TLS transport, inline or pooled dispatch) and the
+//!   shard's policy (limits, timers, drain, counters), tested by deterministic
+//!   simulation.
 //! - `jobs` (private): a connection's jobs in flight (its reorder queue) and the completion
 //!   queue that brings their answers back to the shard.
 //! - [`workers`]: the worker pool for handlers that may block: fixed or growing,
@@ -31,8 +32,6 @@
 //! - [`listener`]: socket options and the open-files limit.
 //! - [`config`]: every setting and its default.
 //! - [`stats`]: the counters.
-//! - `uring` (private, Linux with `--features uring`): the io_uring backend
-//!   (`--io uring`): the same shards on completions instead of readiness.
 //! - `metrics` (private): `/metrics` (Prometheus) and `/health`, served by a shard of
 //!   their own.
 //!
@@ -52,28 +51,25 @@
 //!
 #![doc = concat!("```rust,ignore\n", include_str!("../examples/files.rs"), "```")]
 
-mod accept;
 pub mod buffer;
 pub mod client;
 pub mod clock;
 pub mod config;
-mod conn;
-mod conn_io;
+mod core;
+mod driver;
 pub mod handover;
 mod jobs;
 pub mod listener;
 mod metrics;
+mod mutant;
 pub mod protocol;
 pub mod proxy;
-mod reactor;
 pub mod server;
 pub mod service;
 mod shared;
 pub mod stats;
 pub mod timer;
 pub mod tls;
-#[cfg(all(target_os = "linux", feature = "uring"))]
-mod uring;
 pub mod wire;
 pub mod workers;
 

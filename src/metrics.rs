@@ -149,7 +149,8 @@ impl Collector for Sources {
                 + t.idle_timeouts
                 + t.read_timeouts
                 + t.write_timeouts
-                + t.cut_at_shutdown;
+                + t.cut_at_shutdown
+                + t.decode_panics;
             for (reason, v) in [
                 ("normal", t.closed.saturating_sub(others)),
                 ("error", t.io_errors),
@@ -157,6 +158,7 @@ impl Collector for Sources {
                 ("read_timeout", t.read_timeouts),
                 ("write_timeout", t.write_timeouts),
                 ("cut_at_shutdown", t.cut_at_shutdown),
+                ("decoder_panic", t.decode_panics),
             ] {
                 ConstCounter::new(v).encode(m.encode_family(&[("reason", reason)])?)?;
             }

@@ -15,13 +15,13 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 
 use crate::config::{Config, ProtocolKind};
-use crate::conn::Timeouts;
+use crate::core::{Settings, Shard, Timeouts};
+use crate::driver::epoll::{Driver, WAKER};
 use crate::handover;
 use crate::listener::{bind, raise_nofile_limit};
 use crate::metrics::{Admin, Sources};
 use crate::protocol::json::JsonCodec;
 use crate::protocol::{Echo, Http, HttpCodec, Json};
-use crate::reactor::{Settings, Shard, WAKER};
 use crate::service::{Handler, Pooled};
 use crate::shared::Shared;
 use crate::stats::Counters;
@@ -37,65 +37,12 @@ const POOL_STOP_WAIT: Duration = Duration::from_secs(1);
 const PLAIN_HTTP_ON_TLS: &[u8] = b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\n\
 Content-Length: 49\r\nConnection: close\r\n\r\nThe plain HTTP request was sent to an HTTPS port\n";
 
-/// How the server wakes a shard blocked in its wait (to see the shutdown flags).
-enum ShardWaker {
-    Epoll(Arc<Waker>),
-    #[cfg(all(target_os = "linux", feature = "uring"))]
-    Uring(Arc<crate::uring::Waker>),
-}
-
-impl ShardWaker {
-    fn wake(&self) {
-        let _ = match self {
-            ShardWaker::Epoll(w) => w.wake(),
-            #[cfg(all(target_os = "linux", feature = "uring"))]
-            ShardWaker::Uring(w) => w.wake(),
-        };
-    }
-}
-
-/// Whether the shards run on io_uring: `--io` (or REACTOR_IO), what this build has,
-/// what the kernel allows, and what the configuration needs (`pooled`: the handler
-/// runs on the worker pool). `--io uring` fails when it cannot be had; `--io auto`
-/// falls back to epoll and says why.
-fn use_uring(cfg: &Config, pooled: bool, name: &str) -> io::Result<bool> {
-    use crate::config::IoBackend;
-    let auto = match cfg.io {
-        IoBackend::Epoll => return Ok(false),
-        IoBackend::Uring => false,
-        IoBackend::Auto => true,
-    };
-    #[cfg(all(target_os = "linux", feature = "uring"))]
-    let why = match crate::uring::unsupported(cfg, pooled) {
-        Some(what) => format!("the io_uring backend does not support {what} yet"),
-        None => match crate::uring::probe() {
-            Ok(_) => return Ok(true),
-            Err(e) => e,
-        },
-    };
-    #[cfg(not(all(target_os = "linux", feature = "uring")))]
-    let why = {
-        let _ = pooled;
-        if cfg!(target_os = "linux") {
-            "built without io_uring support: rebuild with --features uring".to_string()
-        } else {
-            "io_uring exists only on Linux".to_string()
-        }
-    };
-    if auto {
-        info!("{name}: --io auto: using epoll ({why})");
-        Ok(false)
-    } else {
-        Err(invalid(format!("--io uring: {why}")))
-    }
-}
-
 /// A running server.
 pub struct Server {
     addr: SocketAddr,
     shared: Arc<Shared>,
-    wakers: Vec<ShardWaker>,
-    threads: Vec<JoinHandle<io::Result<Counters>>>,
+    wakers: Vec<Arc<Waker>>,
+    threads: Vec<JoinHandle<io::Result<()>>>,
     pool: Option<Pool>,
     /// The /metrics and /health endpoint, a server of its own.
     admin: Option<Box<Server>>,
@@ -176,9 +123,6 @@ impl Server {
                 proxy_protocol: crate::proxy::ProxyMode::Off,
                 tls_cert: None,
                 tls_key: None,
-                // The same backend as the server it reports on (not the environment's
-                // default, which `Config::default` would read).
-                io: cfg.io,
                 ..Config::default()
             };
             let admin = Admin::new(Sources {
@@ -261,11 +205,6 @@ impl Server {
         };
         let tls = match (&cfg.tls_cert, &cfg.tls_key) {
             (Some(cert), Some(key)) => {
-                if cfg.proxy_protocol != crate::proxy::ProxyMode::Off {
-                    return Err(invalid(
-                        "--tls-cert with --proxy-protocol is not supported yet".into(),
-                    ));
-                }
                 let (alpn, plain_reply) = if cfg.protocol == ProtocolKind::Http {
                     (vec![b"http/1.1".to_vec()], Some(PLAIN_HTTP_ON_TLS))
                 } else {
@@ -281,7 +220,6 @@ impl Server {
             (None, None) => None,
             _ => return Err(invalid("--tls-cert and --tls-key go together".into())),
         };
-        let uring = use_uring(cfg, H::POOLED, name)?;
         let (soft, hard) = raise_nofile_limit()?;
         let fit = soft.saturating_sub(FD_RESERVE) as usize;
         let max_conns = match cfg.max_connections {
@@ -349,12 +287,10 @@ impl Server {
             Vec::new()
         };
         let mut parts = Vec::with_capacity(threads);
-        if !uring {
-            for listener in listeners.drain(..) {
-                let poll = Poll::new()?;
-                let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
-                parts.push((poll, listener, waker));
-            }
+        for listener in listeners.drain(..) {
+            let poll = Poll::new()?;
+            let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+            parts.push((poll, listener, waker));
         }
         let workers = match &pool {
             Some(p) => {
@@ -374,7 +310,7 @@ impl Server {
         info!(
             "{what} {addr}: protocol={:?} threads={threads} \
              max_connections={max_conns} idle_timeout={:?} read_timeout={:?} \
-             write_timeout={:?} high_water={} delay_ms={} open_files={soft} (hard {hard}){workers}{} io={}",
+             write_timeout={:?} high_water={} delay_ms={} open_files={soft} (hard {hard}){workers}{}",
             cfg.protocol,
             cfg.idle_timeout,
             cfg.read_timeout,
@@ -382,7 +318,6 @@ impl Server {
             set.high_water,
             cfg.delay_ms,
             if set.tls.is_some() { " tls=on" } else { "" },
-            if uring { "uring" } else { "epoll" },
         );
         let handler = Arc::new(handler);
         let mut server = Server {
@@ -396,23 +331,19 @@ impl Server {
             takeover: None,
             tls,
         };
-        if uring {
-            Server::spawn_uring(&mut server, listeners, handler, &set)?;
-            return Ok(server);
-        }
         // Everything that can fail is done before the first thread starts: binding,
         // polls, wakers, and each shard's registration.
         let mut shards = Vec::with_capacity(threads);
         for (id, (poll, listener, waker)) in parts.into_iter().enumerate() {
-            let shard = Shard::new(
+            let core = Shard::new(
                 id,
-                poll,
-                listener,
                 handler.clone(),
                 set.clone(),
                 shared.clone(),
                 pool.clone().map(|p| (p, waker.clone())),
-            )?;
+            );
+            let room = set.max_conns.min(crate::core::MAX_RESERVED);
+            let shard = Driver::new(id, poll, listener, core, set.keepalive, room)?;
             shards.push((id, shard, waker));
         }
         for (id, shard, waker) in shards {
@@ -421,7 +352,7 @@ impl Server {
                 .spawn(move || shard.run());
             match spawned {
                 Ok(handle) => {
-                    server.wakers.push(ShardWaker::Epoll(waker));
+                    server.wakers.push(waker);
                     server.threads.push(handle);
                 }
                 Err(e) => {
@@ -436,59 +367,6 @@ impl Server {
         }
         server.takeover = takeover.map(|(_, stream)| stream);
         Ok(server)
-    }
-
-    /// Starts one io_uring shard per listener. As for epoll, everything that can fail
-    /// (the rings, the wakers) is done before the first thread starts.
-    #[cfg(all(target_os = "linux", feature = "uring"))]
-    fn spawn_uring<H: Handler>(
-        server: &mut Server,
-        listeners: Vec<mio::net::TcpListener>,
-        handler: Arc<H>,
-        set: &Settings,
-    ) -> io::Result<()> {
-        let mode = crate::uring::probe().map_err(io::Error::other)?;
-        let uset = crate::uring::Settings::from_epoll(set, mode);
-        let mut shards = Vec::with_capacity(listeners.len());
-        for (id, listener) in listeners.into_iter().enumerate() {
-            let waker = Arc::new(crate::uring::Waker::new()?);
-            let shard = crate::uring::Shard::new(
-                id,
-                listener,
-                handler.clone(),
-                uset.clone(),
-                server.shared.clone(),
-                waker.clone(),
-            )?;
-            shards.push((id, shard, waker));
-        }
-        for (id, shard, waker) in shards {
-            let spawned = std::thread::Builder::new()
-                .name(format!("reactor-{id}"))
-                .spawn(move || shard.run());
-            match spawned {
-                Ok(handle) => {
-                    server.wakers.push(ShardWaker::Uring(waker));
-                    server.threads.push(handle);
-                }
-                Err(e) => {
-                    server.shared.force.store(true, Ordering::Release);
-                    server.shutdown();
-                    return Err(e);
-                }
-            }
-        }
-        Ok(())
-    }
-
-    #[cfg(not(all(target_os = "linux", feature = "uring")))]
-    fn spawn_uring<H: Handler>(
-        _: &mut Server,
-        _: Vec<mio::net::TcpListener>,
-        _: Arc<H>,
-        _: &Settings,
-    ) -> io::Result<()> {
-        Err(invalid("built without io_uring support".into()))
     }
 
     /// The listening sockets, to hand over to a successor.
@@ -561,8 +439,15 @@ impl Server {
             self.shared.force.store(true, Ordering::Release);
         }
         for w in &self.wakers {
-            w.wake();
+            let _ = w.wake();
         }
+    }
+
+    /// The listeners went to a successor: drain without taking what waits in their
+    /// accept queue (the successor's now).
+    fn handed_over(&self) {
+        self.shared.handed_over.store(true, Ordering::Release);
+        self.shutdown();
     }
 
     /// Whether every shard has finished.
@@ -572,11 +457,10 @@ impl Server {
 
     /// Waits for every shard, stops the worker pool, and returns the summed counters.
     pub fn join(mut self) -> io::Result<Counters> {
-        let mut sum = Counters::default();
         let mut failed = None;
         for t in std::mem::take(&mut self.threads) {
             match t.join() {
-                Ok(Ok(c)) => sum += c,
+                Ok(Ok(())) => {}
                 Ok(Err(e)) => failed = Some(e),
                 Err(_) => failed = Some(io::Error::other("a reactor thread panicked")),
             }
@@ -584,11 +468,8 @@ impl Server {
         if let Some(p) = &self.pool {
             p.shutdown(POOL_STOP_WAIT);
         }
-        self.add_pool_stats(&mut sum);
-        if let Some(t) = &self.tls {
-            sum.tls_reloads = t.reloads.load(Ordering::Relaxed);
-            sum.tls_reload_failures = t.reload_failures.load(Ordering::Relaxed);
-        }
+        // Each shard published its final counters as its loop ended.
+        let sum = self.stats();
         if let Some(admin) = self.admin.take() {
             admin.shutdown();
             let _ = admin.join();
@@ -613,7 +494,7 @@ impl Drop for Server {
         self.shared.shutdown.store(true, Ordering::Release);
         self.shared.force.store(true, Ordering::Release);
         for w in &self.wakers {
-            w.wake();
+            let _ = w.wake();
         }
     }
 }
@@ -691,7 +572,7 @@ fn serve(cfg: &Config, start: impl FnOnce() -> io::Result<Server>) -> io::Result
                 match handover::give(peer, &server.listener_fds()) {
                     Ok(true) => {
                         info!("handed the listeners over to a successor; draining");
-                        server.shutdown();
+                        server.handed_over();
                         offered = None;
                         break;
                     }

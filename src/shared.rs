@@ -18,6 +18,9 @@ pub(crate) struct Shared {
     pub shutdown: AtomicBool,
     /// Set on the second: cut what is still open.
     pub force: AtomicBool,
+    /// The listening sockets went to a successor (--handover): their accept queue is
+    /// its, and a drain must not empty it.
+    pub handed_over: AtomicBool,
     pub stats: Vec<StatsCell>,
     /// Connections open per client address, under --max-connections-per-ip (touched
     /// on accept and close only, never per request).
@@ -29,6 +32,7 @@ impl Shared {
         Shared {
             shutdown: AtomicBool::new(false),
             force: AtomicBool::new(false),
+            handed_over: AtomicBool::new(false),
             stats: (0..shards)
                 .map(|_| Mutex::new(Counters::default()))
                 .collect(),

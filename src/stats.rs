@@ -38,6 +38,9 @@ pub struct Counters {
     pub bytes_out: u64,
     /// Connections cut by the drain deadline at shutdown.
     pub cut_at_shutdown: u64,
+    /// Connections closed because their decoder panicked or reported more input
+    /// consumed than it was given (a bug in a protocol; the shard goes on).
+    pub decode_panics: u64,
     /// Connections open now.
     pub open: u64,
     /// Pool buffers lent out now.
@@ -122,6 +125,7 @@ impl AddAssign for Counters {
         self.write_timeouts += o.write_timeouts;
         self.io_errors += o.io_errors;
         self.requests += o.requests;
+        self.decode_panics += o.decode_panics;
         self.bad_requests += o.bad_requests;
         self.bytes_in += o.bytes_in;
         self.bytes_out += o.bytes_out;
@@ -167,7 +171,7 @@ impl fmt::Display for Counters {
             "open={} accepted={} rejected={} closed={} requests={} bad_requests={} \
              idle_timeouts={} read_timeouts={} write_timeouts={} io_errors={} \
              accept_fd_errors={} bytes_in={} bytes_out={} buffers_lent={} cut_at_shutdown={} \
-             rejected_per_ip={}",
+             rejected_per_ip={} decode_panics={}",
             self.open,
             self.accepted,
             self.rejected,
@@ -184,6 +188,7 @@ impl fmt::Display for Counters {
             self.buffers_lent,
             self.cut_at_shutdown,
             self.rejected_per_ip,
+            self.decode_panics,
         )?;
         let refused = self.proxy_missing
             + self.proxy_malformed

@@ -34,6 +34,8 @@ use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, Insufficien
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
+use crate::mutant::{self, Mutant};
+
 /// The first byte of a TLS handshake record.
 pub const HANDSHAKE_RECORD: u8 = 0x16;
 /// The largest TLS record on the wire (16 KB of plaintext plus expansion).
@@ -173,6 +175,8 @@ pub struct Tls {
     pub enc: usize,
     /// No byte read yet: the first decides whether this is TLS at all.
     pub fresh: bool,
+    /// `held` came in behind a PROXY header and rustls has not seen it yet.
+    pub unread: bool,
     pub handshaking: bool,
     pub close_sent: bool,
     /// After an error from [`Tls::process`]: the input bytes it had used up.
@@ -197,6 +201,7 @@ impl Tls {
             held: None,
             enc: 0,
             fresh: true,
+            unread: false,
             handshaking: true,
             close_sent: false,
             err_consumed: 0,
@@ -248,6 +253,16 @@ impl Tls {
                     }
                 }
                 ConnectionState::EncodeTlsData(mut e) => {
+                    // A message of rustls's own (an alert, a handshake message) goes
+                    // after the ciphertext and before any plaintext still waiting to
+                    // be encrypted: appended behind that plaintext, it would carry it
+                    // onto the wire unencrypted when `enc` moves past it.
+                    let waiting = out.len() - self.enc;
+                    if waiting > 0 && !mutant::on(Mutant::TlsAlert) {
+                        tmp.clear();
+                        tmp.extend_from_slice(&out[self.enc..]);
+                        out.truncate(self.enc);
+                    }
                     let at = out.len();
                     out.resize(at + 4096, 0);
                     let n = match e.encode(&mut out[at..]) {
@@ -263,6 +278,9 @@ impl Tls {
                     out.truncate(at + n);
                     // Handshake bytes are ciphertext already.
                     self.enc = out.len();
+                    if waiting > 0 && !mutant::on(Mutant::TlsAlert) {
+                        out.extend_from_slice(tmp);
+                    }
                 }
                 ConnectionState::TransmitTlsData(t) => {
                     // What was encoded is in `out`, written in order by the caller.

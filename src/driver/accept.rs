@@ -34,17 +34,11 @@ pub(crate) struct Acceptor {
     pub resume_at: Option<u64>,
     warned_at: Option<u64>,
     spare_fd: Option<File>,
-    /// Connections closed at once: over the limit, or for lack of descriptors.
+    /// Connections closed at once for lack of descriptors (the core counts those it
+    /// refuses itself).
     pub rejected: u64,
     /// Accepts that failed for lack of file descriptors (EMFILE/ENFILE).
     pub fd_errors: u64,
-}
-
-/// What to do with an accepted connection.
-pub(crate) enum Admit {
-    Keep,
-    /// Over the connection limit: close it at once and count it as rejected.
-    Reject,
 }
 
 fn would_block(e: &io::Error) -> bool {
@@ -85,13 +79,13 @@ impl Acceptor {
     }
 
     /// Accepts until WouldBlock or the budget; `admit` decides each connection's fate
-    /// (and registers and stores the ones it keeps). `open` is the shard's connection
-    /// count, for the warning.
+    /// (and registers and stores the ones it keeps, or drops the socket). `open` is the
+    /// shard's connection count, for the warning.
     pub fn accept(
         &mut self,
         now: u64,
         open: usize,
-        mut admit: impl FnMut(TcpStream, SocketAddr) -> Admit,
+        mut admit: impl FnMut(TcpStream, SocketAddr),
     ) {
         self.pending = false;
         if self.resume_at.is_some_and(|at| now < at) {
@@ -103,11 +97,7 @@ impl Acceptor {
         };
         for _ in 0..ACCEPT_BUDGET {
             match listener.accept() {
-                Ok((sock, peer)) => {
-                    if let Admit::Reject = admit(sock, peer) {
-                        self.rejected += 1;
-                    }
-                }
+                Ok((sock, peer)) => admit(sock, peer),
                 Err(e) if would_block(&e) => return,
                 Err(e) if out_of_fds(&e) => {
                     self.on_fd_exhaustion(now, open);

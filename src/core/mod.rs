@@ -1,0 +1,536 @@
+//! The connection core: one shard's connections and their whole life, with no system
+//! call inside. A driver (`src/driver/`) owns the sockets and the wait for events; it
+//! tells the core what happened (a connection opened, a socket is ready, the worker pool
+//! woke the shard, a drain began, the time) and hands it the sockets through
+//! [`Sockets`], and the core does the rest: reads, decodes, answers, writes, timeouts,
+//! backpressure, the drain, and the counting of all of it, once.
+//!
+//! A connection passes through layers, each in a file of its own:
+//!
+//! - `preamble`: a trusted load balancer's PROXY header, first;
+//! - `transport`: plain, or TLS (ciphertext in, plaintext to the decoder; answers
+//!   encrypted before the socket sees them);
+//! - `dispatch`: the decoder's requests answered inline, or handed to the worker pool
+//!   and put back in order;
+//! - `drive`: the order of work on one connection (flush, read, decode, flush, then
+//!   close, linger or re-arm) and the close with its reason.
+//!
+//! This file is the shard's policy: admitting connections (limits, per-address counts,
+//! PROXY trust), timers, completions, the drain, and publishing the counters.
+//!
+//! Because nothing here touches a socket, the same code runs under the epoll driver and
+//! under the simulation (`sim`, tests only), which drives it with a seeded in-memory
+//! network and checks its invariants after every step.
+//!
+//! Tokens are slab keys and a closed connection's key is freed at once. A stale event for
+//! a key that a new connection took in the same batch is harmless: `drive` treats every
+//! event as a hint and does only what the socket allows, like any spurious wake-up. Job
+//! results, which can arrive long after, carry a generation instead (see
+//! [`jobs`](crate::jobs)).
+
+mod conn;
+mod dispatch;
+mod drive;
+mod preamble;
+pub mod socket;
+mod transport;
+
+#[cfg(test)]
+mod sim;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use log::{debug, info, warn};
+use slab::Slab;
+
+pub(crate) use conn::Timeouts;
+use conn::*;
+use dispatch::Offload;
+pub(crate) use drive::{Close, Settings};
+use drive::ConnIo;
+pub use socket::{Socket, Sockets};
+
+use crate::jobs::{Completion, Inbox};
+use crate::proxy::{ProxyMode, Refusal};
+use crate::service::Handler;
+use crate::shared::Shared;
+use crate::stats::Counters;
+use crate::timer::TimerWheel;
+use crate::workers::Pool;
+
+/// At most how often counters are copied out for the server, in ms.
+const PUBLISH_MS: u64 = 100;
+/// Wheel: 10 ms ticks, 4096 slots (a 41 s rotation).
+const TICK_MS: u64 = 10;
+const SLOTS: usize = 4096;
+/// At most this many connections' room is reserved up front (a few tens of MB of
+/// address space, not memory).
+pub(crate) const MAX_RESERVED: usize = 1 << 20;
+
+/// The shard's side of a driver: what the driver tells the core, and asks of it. The
+/// driver is generic over this trait, so it names no handler, protocol or counter.
+pub(crate) trait Core {
+    /// The time, in ms since the shard started, read once per turn.
+    fn tick(&mut self, now: u64);
+    /// A connection was accepted from `peer`: its key if the core takes it (the driver
+    /// then stores its socket under that key), `None` if it is refused (the driver
+    /// closes it).
+    fn open(&mut self, peer: SocketAddr) -> Option<usize>;
+    /// The driver could not keep a connection the core took (its registration failed).
+    fn abort(&mut self, key: usize);
+    /// A connection's socket is ready (or may be). `read_to_block`: keep reading after
+    /// a short read (the event also reported the peer's close or an error).
+    fn ready<S: Sockets>(&mut self, sockets: &mut S, key: usize, read_to_block: bool);
+    /// The shard's waker fired: jobs completed, or room freed in the pool's queue.
+    fn wake<S: Sockets>(&mut self, sockets: &mut S);
+    /// The end of a turn: connections to drive again, due timers, the turn's jobs
+    /// handed to the pool, the drain's sweeps, the counters published.
+    fn end_turn<S: Sockets>(&mut self, sockets: &mut S);
+    /// When the core must be given a turn again (ms, shard time), if ever.
+    fn next_wake(&self) -> Option<u64>;
+    /// The core has connections to drive again at once (a read budget ran out, room
+    /// freed): the driver must not wait for events.
+    fn queued(&self) -> bool;
+    /// Connections open.
+    fn open_count(&self) -> usize;
+    /// Shutdown was asked for and the drain has not begun: the driver takes what waits
+    /// in its accept queue (unless the listeners were handed over), closes the listener
+    /// and calls [`drain`](Core::drain).
+    fn drain_wanted(&self) -> bool;
+    /// The listeners went to a successor: the accept queue is its, not ours.
+    fn handed_over(&self) -> bool;
+    /// The drain begins: quiet connections are closed, busy ones finish.
+    fn drain<S: Sockets>(&mut self, sockets: &mut S);
+    /// Drained: every connection is gone.
+    fn finished(&self) -> bool;
+    /// Connections the driver closed before the core saw them (out of descriptors),
+    /// and failed accepts for lack of descriptors, both as totals.
+    fn driver_counts(&mut self, rejected: u64, fd_errors: u64);
+    /// The loop ends: the final counters are published.
+    fn finish(&mut self);
+}
+
+pub(crate) struct Shard<H: Handler> {
+    id: usize,
+    conns: Slab<Conn<H::State>>,
+    io: ConnIo<H>,
+    shared: Arc<Shared>,
+    fired: Vec<u32>,
+    done: Vec<Completion<H::Response>>,
+    touched: Vec<usize>,
+    drain_deadline: Option<u64>,
+    /// During a drain: when the connections let off for `--drain-grace` are looked at
+    /// again.
+    grace_sweep_at: Option<u64>,
+    /// The client address of each connection, kept only under --max-connections-per-ip.
+    ips: HashMap<usize, IpAddr>,
+    /// The driver's own closes (out of descriptors) and failed accepts, as totals.
+    driver_rejected: u64,
+    fd_errors: u64,
+    published: Counters,
+    next_publish: u64,
+}
+
+impl<H: Handler> Shard<H> {
+    /// `pool` and `waker` together: the shard hands jobs to the pool and is woken with
+    /// their results.
+    pub fn new(
+        id: usize,
+        handler: Arc<H>,
+        set: Settings,
+        shared: Arc<Shared>,
+        pool: Option<(Pool, Arc<mio::Waker>)>,
+    ) -> Self {
+        // Room for every connection up front: pages never written cost nothing, and a
+        // slab or wheel that never grows never leaves an old copy's pages in the heap.
+        let room = set.max_conns.min(MAX_RESERVED);
+        let mut wheel = TimerWheel::new(SLOTS, TICK_MS);
+        wheel.reserve(room);
+        let mut io = ConnIo::new(handler, set, wheel);
+        if H::POOLED {
+            io.offload = pool.map(|(pool, waker)| Offload::new(pool, Arc::new(Inbox::new(waker))));
+        }
+        Shard {
+            id,
+            conns: Slab::with_capacity(room),
+            io,
+            shared,
+            fired: Vec::new(),
+            done: Vec::new(),
+            touched: Vec::new(),
+            drain_deadline: None,
+            grace_sweep_at: None,
+            ips: HashMap::new(),
+            driver_rejected: 0,
+            fd_errors: 0,
+            published: Counters::default(),
+            next_publish: 0,
+        }
+    }
+
+    /// Drives a connection with no readiness event in hand: read until WouldBlock.
+    fn drive<S: Sockets>(&mut self, sockets: &mut S, key: usize) {
+        self.drive_with(sockets, key, true);
+    }
+
+    fn drive_with<S: Sockets>(&mut self, sockets: &mut S, key: usize, read_to_block: bool) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let done = match sockets.get(key) {
+            Some(mut sock) => self.io.drive(&mut sock, conn, key, read_to_block),
+            None => Err(Close::Error),
+        };
+        match done {
+            Ok(()) => self.io.arm(conn, key),
+            Err(why) => self.close(sockets, key, why),
+        }
+        if !self.io.proxied.is_empty() {
+            self.account_proxied(sockets);
+        }
+    }
+
+    fn close<S: Sockets>(&mut self, sockets: &mut S, key: usize, why: Close) {
+        let Some(conn) = self.conns.try_remove(key) else {
+            return;
+        };
+        self.io.close(sockets.get(key).as_mut(), conn, why);
+        sockets.close(key);
+        if let Some(ip) = self.ips.remove(&key) {
+            release_ip(&self.shared, ip);
+        }
+    }
+
+    /// Client addresses learnt from PROXY headers: count them against the per-address
+    /// limit now, as if the client had connected itself.
+    fn account_proxied<S: Sockets>(&mut self, sockets: &mut S) {
+        for (key, client) in std::mem::take(&mut self.io.proxied) {
+            if !self.conns.contains(key) {
+                continue;
+            }
+            if take_ip(&self.shared, client.ip(), self.io.set.max_per_ip) {
+                self.ips.insert(key, client.ip());
+                // Serve what came with the header.
+                self.io.requeue.push(key);
+            } else {
+                self.io.stats.rejected_per_ip += 1;
+                self.io.stats.rejected += 1;
+                self.close(sockets, key, Close::Normal);
+            }
+        }
+    }
+
+    fn fire_timers<S: Sockets>(&mut self, sockets: &mut S) {
+        let mut fired = std::mem::take(&mut self.fired);
+        self.io.wheel.poll(self.io.now, &mut fired);
+        for key in fired.drain(..) {
+            let key = key as usize;
+            let Some(conn) = self.conns.get_mut(key) else {
+                continue;
+            };
+            conn.timer = None;
+            let now = self.io.now;
+            let timeouts = self.io.set.timeouts;
+            match conn.deadline(&timeouts, now) {
+                Some(d) if d <= now => {}
+                _ => {
+                    self.io.arm(conn, key);
+                    continue;
+                }
+            }
+            if conn.jobs_deadline(&timeouts).is_some_and(|d| d <= now) {
+                self.io.expire_jobs(conn);
+                self.drive(sockets, key);
+                continue;
+            }
+            let why = match conn.phase() {
+                Phase::Proxy => Close::Proxy(Refusal::Timeout),
+                Phase::Held => {
+                    conn.busy().held_until = 0;
+                    self.drive(sockets, key);
+                    continue;
+                }
+                Phase::Linger => Close::Normal,
+                Phase::Writing => Close::WriteTimeout,
+                Phase::Reading => Close::ReadTimeout,
+                Phase::Idle => Close::IdleTimeout,
+                // No deadline of its own; reached only through the handler timeout.
+                Phase::Working => {
+                    self.io.arm(conn, key);
+                    continue;
+                }
+            };
+            self.close(sockets, key, why);
+        }
+        self.fired = fired;
+    }
+
+    /// The drain's sweeps after it began: connections whose grace ran out, and the cut
+    /// at the deadline (or at a second signal).
+    fn check_drain<S: Sockets>(&mut self, sockets: &mut S) {
+        if let Some(at) = self.grace_sweep_at
+            && self.io.now >= at
+        {
+            // The grace is over for connections that never sent a request.
+            self.grace_sweep_at = None;
+            for key in self.keys() {
+                self.drive(sockets, key);
+            }
+        }
+        let force = self.shared.force.load(Ordering::Acquire);
+        if self.io.draining
+            && !self.conns.is_empty()
+            && (force || self.drain_deadline.is_some_and(|d| self.io.now >= d))
+        {
+            let n = self.conns.len();
+            let jobs: usize = self.conns.iter().map(|(_, c)| c.jobs_pending()).sum();
+            warn!(
+                "shard {}: drain deadline reached, cutting {n} connections \
+                 ({jobs} jobs still queued or running)",
+                self.id
+            );
+            for key in self.keys() {
+                self.close(sockets, key, Close::Cut);
+            }
+        }
+    }
+
+    fn keys(&self) -> Vec<usize> {
+        self.conns.iter().map(|(k, _)| k).collect()
+    }
+
+    pub fn stats_now(&self) -> Counters {
+        Counters {
+            open: self.conns.len() as u64,
+            buffers_lent: self.io.pool.lent() as u64,
+            buffers_pooled: self.io.pool.idle() as u64,
+            rejected: self.io.stats.rejected + self.driver_rejected,
+            accept_fd_errors: self.fd_errors,
+            ..self.io.stats
+        }
+    }
+
+    /// Copies the counters out for the server, when they changed and at most every
+    /// `PUBLISH_MS` (or at once with `always`), so that a busy loop takes the lock
+    /// ten times a second, not once per turn.
+    fn publish(&mut self, always: bool) {
+        if !always && self.io.now < self.next_publish {
+            return;
+        }
+        let counters = self.stats_now();
+        if always || counters != self.published {
+            self.published = counters;
+            self.next_publish = self.io.now + PUBLISH_MS;
+            if let Ok(mut s) = self.shared.stats[self.id].lock() {
+                *s = counters;
+            }
+        }
+    }
+}
+
+impl<H: Handler> Core for Shard<H> {
+    fn tick(&mut self, now: u64) {
+        self.io.now = now;
+        self.io.clock.refresh();
+    }
+
+    fn open(&mut self, peer: SocketAddr) -> Option<usize> {
+        let io = &mut self.io;
+        if self.conns.len() >= io.set.max_conns {
+            io.stats.rejected += 1;
+            return None;
+        }
+        // A trusted load balancer speaks for its clients: the address that counts
+        // comes with its PROXY header.
+        let proxied = io.set.proxy != ProxyMode::Off
+            && io.set.proxy_from.iter().any(|n| n.contains(peer.ip()));
+        let mut ip = None;
+        if io.set.max_per_ip > 0 && !proxied {
+            if !take_ip(&self.shared, peer.ip(), io.set.max_per_ip) {
+                io.stats.rejected_per_ip += 1;
+                io.stats.rejected += 1;
+                return None;
+            }
+            ip = Some(peer.ip());
+        }
+        let tls = match io.new_tls() {
+            None => None,
+            Some(Ok(tls)) => Some(tls),
+            Some(Err(e)) => {
+                warn!("shard {}: a TLS session could not be made: {e}", self.id);
+                if let Some(ip) = ip {
+                    release_ip(&self.shared, ip);
+                }
+                io.stats.rejected += 1;
+                return None;
+            }
+        };
+        let entry = self.conns.vacant_entry();
+        let key = entry.key();
+        let conn = entry.insert(Conn::new(io.now));
+        if tls.is_some() {
+            conn.busy().tls = tls;
+        }
+        if proxied {
+            conn.stage = Stage::Proxy;
+        } else if io.set.proxy != ProxyMode::Off {
+            conn.set(SPOOF_CHECK, true);
+        }
+        io.stats.accepted += 1;
+        if let Some(ip) = ip {
+            self.ips.insert(key, ip);
+        }
+        io.arm(conn, key);
+        Some(key)
+    }
+
+    fn abort(&mut self, key: usize) {
+        let Some(mut conn) = self.conns.try_remove(key) else {
+            return;
+        };
+        if let Some(t) = conn.timer.take() {
+            self.io.wheel.cancel(t);
+        }
+        if conn.tls().is_some() {
+            self.io.stats.tls_open = self.io.stats.tls_open.saturating_sub(1);
+        }
+        self.io.stats.accepted -= 1;
+        if let Some(ip) = self.ips.remove(&key) {
+            release_ip(&self.shared, ip);
+        }
+        debug!("shard {}: connection {key} dropped before its first turn", self.id);
+    }
+
+    fn ready<S: Sockets>(&mut self, sockets: &mut S, key: usize, read_to_block: bool) {
+        self.drive_with(sockets, key, read_to_block);
+    }
+
+    fn wake<S: Sockets>(&mut self, sockets: &mut S) {
+        let Some(off) = self.io.offload.as_mut() else {
+            return;
+        };
+        off.inbox.take(&mut self.done);
+        // Always: a connection that still finds no room stalls again and asks to be
+        // woken again; one left here would never be read again (no edge will come).
+        self.io.requeue.append(&mut off.room_stalled);
+        for c in self.done.drain(..) {
+            let key = c.key;
+            if self.io.complete(self.conns.get_mut(key), c) {
+                self.touched.push(key);
+            }
+        }
+        // One flush per connection per batch, however many of its answers came back.
+        self.touched.sort_unstable();
+        self.touched.dedup();
+        for key in std::mem::take(&mut self.touched) {
+            self.drive(sockets, key);
+        }
+    }
+
+    fn end_turn<S: Sockets>(&mut self, sockets: &mut S) {
+        for key in std::mem::take(&mut self.io.requeue) {
+            self.drive(sockets, key);
+        }
+        self.fire_timers(sockets);
+        if let Some(off) = self.io.offload.as_mut() {
+            off.submit();
+        }
+        self.check_drain(sockets);
+        self.publish(false);
+    }
+
+    fn queued(&self) -> bool {
+        !self.io.requeue.is_empty()
+    }
+
+    fn open_count(&self) -> usize {
+        self.conns.len()
+    }
+
+    fn next_wake(&self) -> Option<u64> {
+        let now = self.io.now;
+        let mut at = self.io.wheel.next_deadline();
+        for t in [self.drain_deadline, self.grace_sweep_at] {
+            at = match (at, t) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+        if self.stats_now() != self.published {
+            let due = self.next_publish.max(now);
+            at = Some(at.map_or(due, |a| a.min(due)));
+        }
+        at
+    }
+
+    fn drain_wanted(&self) -> bool {
+        !self.io.draining && self.shared.shutdown.load(Ordering::Acquire)
+    }
+
+    fn handed_over(&self) -> bool {
+        self.shared.handed_over.load(Ordering::Acquire)
+    }
+
+    fn drain<S: Sockets>(&mut self, sockets: &mut S) {
+        self.io.draining = true;
+        self.drain_deadline = Some(self.io.now + self.io.set.drain_ms);
+        // Drive every connection once more before judging it idle: a request whose
+        // bytes arrived with the signal is served, not dropped. `drive` closes what is
+        // quiet once draining is set. A lingering close goes on lingering: closing it
+        // now would reset the peer and could destroy the answer the linger protects.
+        for key in self.keys() {
+            self.drive(sockets, key);
+        }
+        self.grace_sweep_at = Some(self.io.now + self.io.set.drain_grace_ms);
+        let jobs: usize = self.conns.iter().map(|(_, c)| c.jobs_pending()).sum();
+        info!(
+            "shard {}: draining {} connections with requests in progress \
+             ({jobs} jobs queued or running)",
+            self.id,
+            self.conns.len()
+        );
+        self.check_drain(sockets);
+        if let Some(off) = self.io.offload.as_mut() {
+            off.submit();
+        }
+    }
+
+    fn finished(&self) -> bool {
+        self.io.draining && self.conns.is_empty()
+    }
+
+    fn driver_counts(&mut self, rejected: u64, fd_errors: u64) {
+        self.driver_rejected = rejected;
+        self.fd_errors = fd_errors;
+    }
+
+    fn finish(&mut self) {
+        self.publish(true);
+    }
+}
+
+/// Counts a connection from `ip` under --max-connections-per-ip; `false` if it has its
+/// most already.
+fn take_ip(shared: &Shared, ip: IpAddr, max: usize) -> bool {
+    let mut per_ip = shared.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+    let n = per_ip.entry(ip).or_insert(0);
+    if *n >= max {
+        return false;
+    }
+    *n += 1;
+    true
+}
+
+/// A connection from `ip` under --max-connections-per-ip has gone.
+fn release_ip(shared: &Shared, ip: IpAddr) {
+    let mut per_ip = shared.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(n) = per_ip.get_mut(&ip) {
+        *n -= 1;
+        if *n == 0 {
+            per_ip.remove(&ip);
+        }
+    }
+}

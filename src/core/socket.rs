@@ -1,0 +1,52 @@
+//! What the core asks of a driver: a byte stream per connection, non-blocking.
+//!
+//! The core never makes a system call. It pulls bytes from a [`Socket`] and pushes bytes
+//! into it, and says when it wants to hear that the socket can take more output; the
+//! driver makes the system calls (epoll: `recv`, `send`, `shutdown`, `epoll_ctl`) or
+//! anything else that behaves like a non-blocking stream (the simulation's in-memory
+//! network, with its random splits, partial writes, half-closes and resets).
+//!
+//! Why a pull interface and not lists of events and actions: the core reads until the
+//! socket would block, under a budget, and writes answers straight from its scratch
+//! buffer. Handing it a socket keeps that to one `read` and one `write` per request with
+//! no copy in between; a list of "send these bytes" actions would copy every answer once
+//! more, or hold a borrow of the scratch buffer across the driver. The events the driver
+//! does hand over (ready, timer due, jobs completed, drain) are methods of
+//! [`Shard`](super::Shard).
+
+use std::io;
+
+/// One connection's stream, as a driver provides it.
+pub trait Socket {
+    /// Non-blocking read: `Ok(0)` is the peer's end of stream, `WouldBlock` means no
+    /// bytes now (the driver will report the connection ready when there are).
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize>;
+    /// Non-blocking write: takes what it can, `WouldBlock` when it takes nothing now.
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize>;
+    /// Our side is done writing (a FIN after the bytes already taken).
+    fn shutdown_write(&mut self);
+    /// Whether the core wants to hear when the socket can take more output. Called
+    /// only when the wish changes.
+    fn want_write(&mut self, on: bool) -> io::Result<()>;
+}
+
+/// The driver's table of sockets, by connection key.
+pub trait Sockets {
+    /// A socket lent to the core for one piece of work.
+    type Sock<'a>: Socket
+    where
+        Self: 'a;
+    /// The socket of a connection the core holds. A key the driver does not know
+    /// (it never should) gives `None`, and the core closes the connection.
+    fn get(&mut self, key: usize) -> Option<Self::Sock<'_>>;
+    /// The core is done with the connection: close its socket.
+    fn close(&mut self, key: usize);
+}
+
+pub(crate) fn would_block(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::WouldBlock
+}
+
+pub(crate) fn interrupted(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::Interrupted
+}

@@ -1,0 +1,227 @@
+//! The epoll driver (mio: epoll on Linux, kqueue on BSD and macOS): one shard's loop.
+//!
+//! Each turn: wait for readiness (or the core's next deadline), then for each event a
+//! connection is handed to the core as ready, the listener accepts, the waker tells the
+//! core that jobs completed; then accepts left over from the budget, the core's end of
+//! turn (connections to drive again, timers, jobs handed to the pool, the drain's
+//! sweeps, counters), and the drain when shutdown is asked for.
+//!
+//! mio is edge-triggered: the core reads and writes until WouldBlock, or remembers the
+//! connection and comes back to it itself (read budget, backpressure, held answers, jobs
+//! in flight); no readiness edge will. WRITABLE interest is registered only while
+//! output is pending ([`Socket::want_write`]).
+
+use std::io::{self, Read, Write};
+use std::net::Shutdown;
+use std::time::{Duration, Instant};
+
+use log::{debug, warn};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Registry, Token};
+
+use super::accept::{Acceptor, LISTENER};
+use crate::core::{Core, Socket, Sockets};
+use crate::listener::configure_accepted;
+
+pub(crate) const WAKER: Token = Token(usize::MAX);
+
+/// At most this many accept turns (each a budget of connections) empty the accept queue
+/// before a drain closes the listener.
+const MAX_FINAL_ACCEPTS: usize = 64;
+
+pub(crate) struct Driver<C: Core> {
+    poll: Poll,
+    acceptor: Acceptor,
+    table: Table,
+    core: C,
+    keepalive: Option<Duration>,
+    epoch: Instant,
+    now: u64,
+}
+
+/// The sockets, by connection key (the key is also the mio token).
+struct Table {
+    socks: Vec<Option<TcpStream>>,
+    reg: Registry,
+}
+
+/// A connection's socket lent to the core, with what it needs to change its interest.
+pub(crate) struct MioSock<'a> {
+    stream: &'a mut TcpStream,
+    reg: &'a Registry,
+    key: usize,
+}
+
+impl Socket for MioSock<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.stream.read(buf)
+    }
+
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.stream.write(buf)
+    }
+
+    fn shutdown_write(&mut self) {
+        let _ = self.stream.shutdown(Shutdown::Write);
+    }
+
+    fn want_write(&mut self, on: bool) -> io::Result<()> {
+        let interest = if on {
+            Interest::READABLE | Interest::WRITABLE
+        } else {
+            Interest::READABLE
+        };
+        self.reg.reregister(self.stream, Token(self.key), interest)
+    }
+}
+
+impl Sockets for Table {
+    type Sock<'a> = MioSock<'a>;
+
+    fn get(&mut self, key: usize) -> Option<MioSock<'_>> {
+        let stream = self.socks.get_mut(key)?.as_mut()?;
+        Some(MioSock {
+            stream,
+            reg: &self.reg,
+            key,
+        })
+    }
+
+    fn close(&mut self, key: usize) {
+        // Dropping the socket closes it, which also removes it from epoll.
+        if let Some(s) = self.socks.get_mut(key) {
+            *s = None;
+        }
+    }
+}
+
+impl Table {
+    fn put(&mut self, key: usize, sock: TcpStream) {
+        if key >= self.socks.len() {
+            self.socks.resize_with(key + 1, || None);
+        }
+        self.socks[key] = Some(sock);
+    }
+}
+
+impl<C: Core> Driver<C> {
+    /// `room`: how many connections to reserve room for up front.
+    pub fn new(
+        id: usize,
+        poll: Poll,
+        listener: TcpListener,
+        core: C,
+        keepalive: Option<Duration>,
+        room: usize,
+    ) -> io::Result<Self> {
+        let acceptor = Acceptor::new(id, poll.registry(), listener)?;
+        let reg = poll.registry().try_clone()?;
+        Ok(Driver {
+            poll,
+            acceptor,
+            table: Table {
+                socks: Vec::with_capacity(room),
+                reg,
+            },
+            core,
+            keepalive,
+            epoch: Instant::now(),
+            now: 0,
+        })
+    }
+
+    /// Runs the loop until shutdown has drained every connection.
+    pub fn run(mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let timeout = self.poll_timeout();
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            self.now = self.epoch.elapsed().as_millis() as u64;
+            self.core.tick(self.now);
+            for ev in events.iter() {
+                match ev.token() {
+                    LISTENER => self.accept(),
+                    WAKER => self.core.wake(&mut self.table),
+                    // A short read means the socket is drained, unless the peer also
+                    // closed: then read on to see the EOF (no further edge will come).
+                    Token(key) => self.core.ready(
+                        &mut self.table,
+                        key,
+                        ev.is_read_closed() || ev.is_error(),
+                    ),
+                }
+            }
+            if self.acceptor.due(self.now) {
+                self.accept();
+            }
+            self.core
+                .driver_counts(self.acceptor.rejected, self.acceptor.fd_errors);
+            self.core.end_turn(&mut self.table);
+            if self.core.drain_wanted() {
+                self.drain();
+            }
+            if self.core.finished() {
+                break;
+            }
+        }
+        self.core.finish();
+        Ok(())
+    }
+
+    fn poll_timeout(&self) -> Option<Duration> {
+        if self.acceptor.pending || self.core.queued() {
+            return Some(Duration::ZERO);
+        }
+        let at = match (self.core.next_wake(), self.acceptor.resume_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        // The elapsed clock was read before the work of this turn: add a millisecond
+        // rather than wake a hair early and spin once.
+        at.map(|a| Duration::from_millis(a.saturating_sub(self.now) + 1))
+    }
+
+    fn accept(&mut self) {
+        let (core, table, keepalive) = (&mut self.core, &mut self.table, self.keepalive);
+        let open = core.open_count();
+        self.acceptor.accept(self.now, open, |mut sock, peer| {
+            let Some(key) = core.open(peer) else {
+                return;
+            };
+            if let Err(e) = configure_accepted(&sock, keepalive) {
+                debug!("socket options on an accepted connection: {e}");
+            }
+            if let Err(e) = table.reg.register(&mut sock, Token(key), Interest::READABLE) {
+                warn!("registering a connection failed: {e}");
+                core.abort(key);
+                return;
+            }
+            table.put(key, sock);
+        });
+    }
+
+    /// Shutdown: connections waiting in the accept queue were let in by the kernel, and
+    /// a load balancer may already have sent them a request: closing the listener would
+    /// reset them. Take them first (they get the drain grace like any connection that
+    /// has not spoken yet), unless the listener went to a successor, whose queue it now
+    /// is. Then close the listener and let the core drain.
+    fn drain(&mut self) {
+        if !self.core.handed_over() {
+            for _ in 0..MAX_FINAL_ACCEPTS {
+                self.accept();
+                if !self.acceptor.pending {
+                    break;
+                }
+            }
+        }
+        self.acceptor.close(self.poll.registry());
+        self.core
+            .driver_counts(self.acceptor.rejected, self.acceptor.fd_errors);
+        self.core.drain(&mut self.table);
+    }
+}
