@@ -21,14 +21,14 @@ pub(crate) enum Mutant {
 pub(crate) fn on(m: Mutant) -> bool {
     use std::sync::OnceLock;
     static PICKED: OnceLock<Option<Mutant>> = OnceLock::new();
-    let picked = PICKED.get_or_init(|| {
-        match std::env::var("REACTOR_SIM_MUTANT").ok().as_deref() {
+    let picked = PICKED.get_or_init(
+        || match std::env::var("REACTOR_SIM_MUTANT").ok().as_deref() {
             Some("eof") => Some(Mutant::Eof),
             Some("tls-alert") => Some(Mutant::TlsAlert),
             Some("wakeup") => Some(Mutant::Wakeup),
             _ => None,
-        }
-    });
+        },
+    );
     *picked == Some(m)
 }
 

@@ -97,6 +97,14 @@ pub fn load_config(cert: &Path, key: &Path, alpn: &[Vec<u8>]) -> io::Result<Serv
     }
     let key = PrivateKeyDer::from_pem_file(key)
         .map_err(|e| invalid(format!("--tls-key {}: {e}", key.display())))?;
+    server_config(chain, key, alpn)
+}
+
+fn server_config(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    alpn: &[Vec<u8>],
+) -> io::Result<ServerConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut cfg = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
@@ -119,6 +127,31 @@ impl TlsShared {
         Ok(TlsShared {
             cert,
             key,
+            alpn,
+            current: Mutex::new(Arc::new(cfg)),
+            generation: AtomicU64::new(1),
+            plain_reply,
+            reloads: AtomicU64::new(0),
+            reload_failures: AtomicU64::new(0),
+        })
+    }
+
+    /// A configuration from PEM held in memory (the simulation's), never reloaded.
+    #[cfg(test)]
+    pub(crate) fn from_pem(
+        cert: &[u8],
+        key: &[u8],
+        alpn: Vec<Vec<u8>>,
+        plain_reply: Option<&'static [u8]>,
+    ) -> io::Result<TlsShared> {
+        let chain = CertificateDer::pem_slice_iter(cert)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| invalid(e.to_string()))?;
+        let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| invalid(e.to_string()))?;
+        let cfg = server_config(chain, key, &alpn)?;
+        Ok(TlsShared {
+            cert: PathBuf::new(),
+            key: PathBuf::new(),
             alpn,
             current: Mutex::new(Arc::new(cfg)),
             generation: AtomicU64::new(1),
@@ -222,8 +255,14 @@ impl Tls {
         close: bool,
     ) -> Result<Processed, rustls::Error> {
         let mut done = Processed::default();
-        // Bounded: every state below either makes progress or ends the loop.
-        for _ in 0..1024 {
+        // Every state below either makes progress (input used, plaintext or output
+        // produced) or ends the loop; a run of states that make none also ends it, as
+        // a guard. No bound on the number of records: a pipelining client may pack
+        // thousands of small ones into one read, and records left undecrypted here
+        // would be decrypted later where no plaintext is expected.
+        let mut idle = 0;
+        let mut seen = (0, 0, out.len());
+        while idle < 64 {
             let status = self
                 .conn
                 .process_tls_records(&mut incoming[done.consumed..]);
@@ -329,6 +368,13 @@ impl Tls {
             if stop {
                 break;
             }
+            let now = (done.consumed, done.plain, out.len());
+            if now == seen {
+                idle += 1;
+            } else {
+                idle = 0;
+                seen = now;
+            }
         }
         Ok(done)
     }
@@ -432,6 +478,25 @@ pub fn client_config(trust: &Trust, alpn: &[Vec<u8>]) -> io::Result<Arc<rustls::
     };
     cfg.alpn_protocols = alpn.to_vec();
     Ok(Arc::new(cfg))
+}
+
+/// The simulation's TLS 1.2 client: one ChaCha20-Poly1305 suite, any certificate, and
+/// its keys extractable (to renegotiate on rustls's record layer, which rustls itself
+/// never does).
+#[cfg(test)]
+pub(crate) fn renegotiating_client_config() -> Arc<rustls::ClientConfig> {
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider.cipher_suites =
+        vec![rustls::crypto::ring::cipher_suite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256];
+    let provider = Arc::new(provider);
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS12])
+        .expect("TLS 1.2")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyCert(provider)))
+        .with_no_client_auth();
+    cfg.enable_secret_extraction = true;
+    Arc::new(cfg)
 }
 
 /// The server name to present and check: `name` if given, else the address's IP.

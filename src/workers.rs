@@ -91,7 +91,15 @@ struct Inner {
     /// every job start, so it must be cheap when nobody waits).
     room_wanted: AtomicBool,
     room_waiters: Mutex<Vec<Arc<Waker>>>,
+    /// Tests only: a preemption point, called where a shard meets the others (on every
+    /// reservation and every request to be woken), so that the simulation can make
+    /// "another shard" or "a worker" act exactly there.
+    #[cfg(test)]
+    preempt: Mutex<Option<Preempt>>,
 }
+
+#[cfg(test)]
+type Preempt = Box<dyn FnMut(&Pool) + Send>;
 
 struct State {
     jobs: VecDeque<Task>,
@@ -131,6 +139,8 @@ impl Pool {
                 done: AtomicU64::new(0),
                 room_wanted: AtomicBool::new(false),
                 room_waiters: Mutex::new(Vec::new()),
+                #[cfg(test)]
+                preempt: Mutex::new(None),
             }),
         };
         for _ in 0..pool.inner.cfg.min {
@@ -162,6 +172,8 @@ impl Pool {
     /// (0 when the queue is full). Every reserved place is later either filled by
     /// [`submit`](Pool::submit) or given back with [`release`](Pool::release).
     pub fn try_reserve(&self, want: usize) -> usize {
+        #[cfg(test)]
+        self.preempt();
         let cap = self.inner.cfg.queue;
         let mut cur = self.inner.queued.load(Ordering::Relaxed);
         loop {
@@ -206,6 +218,8 @@ impl Pool {
     /// caller checks [`has_room`](Pool::has_room) again after asking, so that a place
     /// freed in between is not missed.
     pub fn wake_on_room(&self, waker: &Arc<Waker>) {
+        #[cfg(test)]
+        self.preempt();
         let mut w = self
             .inner
             .room_waiters
@@ -304,6 +318,55 @@ impl Pool {
             .stack_size(self.inner.cfg.stack.max(64 * 1024))
             .spawn(move || inner.work_loop())
             .map(drop)
+    }
+}
+
+/// What the simulation needs: a pool with no thread, whose jobs it takes and runs
+/// itself, in the order it picks, and preemption points.
+#[cfg(test)]
+impl Pool {
+    pub(crate) fn manual(queue: usize) -> Pool {
+        let pool = Pool::new(PoolConfig {
+            min: 0,
+            max: 1,
+            idle: Duration::from_secs(3600),
+            queue,
+            stack: 64 * 1024,
+        })
+        .expect("a pool with no thread");
+        // No worker may start: the jobs are the simulation's to run.
+        pool.inner.lock().workers = 1;
+        pool
+    }
+
+    /// Takes every job waiting, as workers would (each frees its place in the queue).
+    pub(crate) fn take_jobs(&self) -> Vec<Task> {
+        let jobs: Vec<Task> = self.inner.lock().jobs.drain(..).collect();
+        for _ in &jobs {
+            self.inner.free_places(1);
+        }
+        jobs
+    }
+
+    pub(crate) fn set_preempt(&self, f: Option<Preempt>) {
+        *self.inner.preempt.lock().unwrap_or_else(|e| e.into_inner()) = f;
+    }
+
+    fn preempt(&self) {
+        // Taken out while it runs: what it does to the pool meets no preemption point.
+        let f = self
+            .inner
+            .preempt
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(mut f) = f {
+            f(self);
+            let mut slot = self.inner.preempt.lock().unwrap_or_else(|e| e.into_inner());
+            if slot.is_none() {
+                *slot = Some(f);
+            }
+        }
     }
 }
 

@@ -28,12 +28,12 @@ use super::socket::{Socket, interrupted, would_block};
 use super::transport::send_close_notify;
 use crate::buffer::BufferPool;
 use crate::clock::Clock;
+use crate::mutant::{self, Mutant};
 use crate::protocol::{Cx, Decoded, Next};
 use crate::proxy::{Cidr, ProxyMode, Refusal};
 use crate::service::{Calls, Handler};
 use crate::stats::Counters;
 use crate::timer::TimerWheel;
-use crate::mutant::{self, Mutant};
 use crate::tls::{HandshakeFailure, TlsShared};
 
 /// Bytes read from one connection per turn before others get theirs.
@@ -95,8 +95,6 @@ pub(crate) enum Close {
     Decoder,
 }
 
-
-
 pub(crate) struct ConnIo<H: Handler> {
     pub handler: Arc<H>,
     pub set: Settings,
@@ -127,7 +125,6 @@ pub(crate) struct ConnIo<H: Handler> {
     pub(super) tls_cfg: Option<(u64, Arc<rustls::ServerConfig>)>,
 }
 
-
 impl<H: Handler> ConnIo<H> {
     pub fn new(handler: Arc<H>, set: Settings, wheel: TimerWheel<u32>) -> Self {
         let tls = set.tls.is_some();
@@ -156,7 +153,6 @@ impl<H: Handler> ConnIo<H> {
         io
     }
 
-
     /// Does all the work the socket allows now. `Err` means: close it, for this reason.
     pub fn drive<K: Socket>(
         &mut self,
@@ -178,6 +174,10 @@ impl<H: Handler> ConnIo<H> {
         }
         self.flush(sock, conn)?;
         let mut budget = READ_BUDGET;
+        // Whether the loop read the socket dry (or to its end): only then may a drain
+        // judge the connection quiet. One that stopped early (no room in the pool's
+        // queue, its read budget used up) may have whole requests still unread.
+        let mut read_dry = false;
         loop {
             if conn.held_until() != 0 || conn.stage != Stage::Serving {
                 break;
@@ -204,6 +204,7 @@ impl<H: Handler> ConnIo<H> {
                 continue;
             }
             if conn.has(PEER_EOF) {
+                read_dry = true;
                 break;
             }
             let Read {
@@ -219,13 +220,19 @@ impl<H: Handler> ConnIo<H> {
                         short: n < self.scratch.len(),
                         eof: n == 0,
                     },
-                    Err(e) if would_block(&e) => break,
+                    Err(e) if would_block(&e) => {
+                        read_dry = true;
+                        break;
+                    }
                     Err(e) if interrupted(&e) => continue,
                     Err(_) => return Err(Close::Error),
                 },
                 Some(_) => match self.tls_read(sock, conn)? {
                     Some(got) => got,
-                    None => break,
+                    None => {
+                        read_dry = true;
+                        break;
+                    }
                 },
             };
             if eof {
@@ -251,6 +258,7 @@ impl<H: Handler> ConnIo<H> {
             // bytes arriving later raise a new edge. Skipping the read that would only
             // say WouldBlock saves a syscall per request.
             if short && !read_to_block && !conn.has(DECODE_PENDING) {
+                read_dry = true;
                 break;
             }
         }
@@ -279,7 +287,7 @@ impl<H: Handler> ConnIo<H> {
         {
             return Err(Close::Normal);
         }
-        if self.draining && conn.is_quiet() && self.may_close_in_drain(conn) {
+        if self.draining && read_dry && conn.is_quiet() && self.may_close_in_drain(conn) {
             return Err(Close::Normal);
         }
         Ok(())
@@ -291,9 +299,6 @@ impl<H: Handler> ConnIo<H> {
     pub fn may_close_in_drain(&self, conn: &Conn<H::State>) -> bool {
         conn.has(SERVED) || self.now >= conn.last_active.get(self.now) + self.set.drain_grace_ms
     }
-
-
-
 
     /// Hands `n` new bytes from the scratch buffer (or, with `n == 0`, what is already
     /// buffered) to the decoder, and writes its answers.
@@ -493,12 +498,13 @@ impl<H: Handler> ConnIo<H> {
         self.out.clear();
     }
 
-
-
-
     /// Writes pending output until done or WouldBlock, and keeps WRITABLE interest
     /// registered exactly while output is pending.
-    pub fn flush<K: Socket>(&mut self, sock: &mut K, conn: &mut Conn<H::State>) -> Result<(), Close> {
+    pub fn flush<K: Socket>(
+        &mut self,
+        sock: &mut K,
+        conn: &mut Conn<H::State>,
+    ) -> Result<(), Close> {
         if conn.held_until() != 0 {
             return Ok(());
         }
@@ -508,7 +514,10 @@ impl<H: Handler> ConnIo<H> {
             {
                 // Encrypt the answers appended since the last write.
                 tls.encrypt_pending(out, &mut self.segment, false)
-                    .map_err(|_| Close::Error)?;
+                    .map_err(|e| {
+                        log::debug!("TLS: encrypting answers: {e}");
+                        Close::Error
+                    })?;
             }
             if let Some(out) = busy.output.as_mut() {
                 while !out.is_empty() {
@@ -591,10 +600,6 @@ impl<H: Handler> ConnIo<H> {
         conn.timer = Some(self.wheel.schedule(deadline, key as u32));
     }
 
-
-
-
-
     pub fn close<K: Socket>(&mut self, sock: Option<&mut K>, mut conn: Conn<H::State>, why: Close) {
         if let Some(t) = conn.timer.take() {
             self.wheel.cancel(t);
@@ -639,8 +644,6 @@ impl<H: Handler> ConnIo<H> {
         // Dropping the socket closes it, which also removes it from epoll.
     }
 }
-
-
 
 /// The message of a caught panic.
 pub(super) fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {

@@ -49,8 +49,8 @@ use slab::Slab;
 pub(crate) use conn::Timeouts;
 use conn::*;
 use dispatch::Offload;
-pub(crate) use drive::{Close, Settings};
 use drive::ConnIo;
+pub(crate) use drive::{Close, Settings};
 pub use socket::{Socket, Sockets};
 
 use crate::jobs::{Completion, Inbox};
@@ -132,6 +132,9 @@ pub(crate) struct Shard<H: Handler> {
     fd_errors: u64,
     published: Counters,
     next_publish: u64,
+    /// Tests only: every close and its reason, for the simulation to judge.
+    #[cfg(test)]
+    closes: Vec<(usize, Close)>,
 }
 
 impl<H: Handler> Shard<H> {
@@ -168,6 +171,8 @@ impl<H: Handler> Shard<H> {
             fd_errors: 0,
             published: Counters::default(),
             next_publish: 0,
+            #[cfg(test)]
+            closes: Vec::new(),
         }
     }
 
@@ -198,6 +203,8 @@ impl<H: Handler> Shard<H> {
             return;
         };
         self.io.close(sockets.get(key).as_mut(), conn, why);
+        #[cfg(test)]
+        self.closes.push((key, why));
         sockets.close(key);
         if let Some(ip) = self.ips.remove(&key) {
             release_ip(&self.shared, ip);
@@ -401,7 +408,10 @@ impl<H: Handler> Core for Shard<H> {
         if let Some(ip) = self.ips.remove(&key) {
             release_ip(&self.shared, ip);
         }
-        debug!("shard {}: connection {key} dropped before its first turn", self.id);
+        debug!(
+            "shard {}: connection {key} dropped before its first turn",
+            self.id
+        );
     }
 
     fn ready<S: Sockets>(&mut self, sockets: &mut S, key: usize, read_to_block: bool) {

@@ -15,7 +15,12 @@ use crate::service::Handler;
 impl<H: Handler> ConnIo<H> {
     /// Reads a trusted peer's PROXY header. Bytes after it stay in the input buffer
     /// for the decoder.
-    pub(super) fn read_proxy_header<K: Socket>(&mut self, sock: &mut K, conn: &mut Conn<H::State>, key: usize) -> Result<(), Close> {
+    pub(super) fn read_proxy_header<K: Socket>(
+        &mut self,
+        sock: &mut K,
+        conn: &mut Conn<H::State>,
+        key: usize,
+    ) -> Result<(), Close> {
         loop {
             let busy = conn.busy.get_or_insert_with(Box::default);
             let buf = busy.input.get_or_insert_with(|| self.pool.get());

@@ -54,22 +54,22 @@ impl<H: Handler> ConnIo<H> {
             0
         } else {
             loop {
-            match sock.read(&mut ct[held..held + room]) {
-                Ok(n) => break n,
-                Err(e) if interrupted(&e) => {}
-                Err(e) => {
-                    if held > 0 {
-                        let mut b = self.pool.get();
-                        b.extend_from_slice(&ct[..held]);
-                        tls.held = Some(b);
+                match sock.read(&mut ct[held..held + room]) {
+                    Ok(n) => break n,
+                    Err(e) if interrupted(&e) => {}
+                    Err(e) => {
+                        if held > 0 {
+                            let mut b = self.pool.get();
+                            b.extend_from_slice(&ct[..held]);
+                            tls.held = Some(b);
+                        }
+                        return if would_block(&e) {
+                            Ok(None)
+                        } else {
+                            Err(Close::Error)
+                        };
                     }
-                    return if would_block(&e) {
-                        Ok(None)
-                    } else {
-                        Err(Close::Error)
-                    };
                 }
-            }
             }
         };
         if raw == 0 && !unread {
@@ -125,6 +125,7 @@ impl<H: Handler> ConnIo<H> {
             if left > MAX_RECORD {
                 // rustls takes any complete record; more than a record left over
                 // would be a bug, and must not grow a buffer for ever.
+                log::debug!("TLS: {left} bytes left over after a read, more than a record");
                 return Err(Close::Error);
             }
             let mut b = self.pool.get();
@@ -199,7 +200,13 @@ impl<H: Handler> ConnIo<H> {
 
     /// Counts a TLS connection's end: a handshake that did not finish, by reason; an
     /// established session closed by us gets close_notify (best-effort) first.
-    pub(super) fn close_tls<K: Socket>(&mut self, sock: Option<&mut K>, conn: &Conn<H::State>, tls: &mut Tls, why: Close) {
+    pub(super) fn close_tls<K: Socket>(
+        &mut self,
+        sock: Option<&mut K>,
+        conn: &Conn<H::State>,
+        tls: &mut Tls,
+        why: Close,
+    ) {
         let s = &mut self.stats;
         s.tls_open = s.tls_open.saturating_sub(1);
         if tls.handshaking {

@@ -81,12 +81,7 @@ impl Acceptor {
     /// Accepts until WouldBlock or the budget; `admit` decides each connection's fate
     /// (and registers and stores the ones it keeps, or drops the socket). `open` is the
     /// shard's connection count, for the warning.
-    pub fn accept(
-        &mut self,
-        now: u64,
-        open: usize,
-        mut admit: impl FnMut(TcpStream, SocketAddr),
-    ) {
+    pub fn accept(&mut self, now: u64, open: usize, mut admit: impl FnMut(TcpStream, SocketAddr)) {
         self.pending = false;
         if self.resume_at.is_some_and(|at| now < at) {
             return;

@@ -149,11 +149,10 @@ impl<C: Core> Driver<C> {
                     WAKER => self.core.wake(&mut self.table),
                     // A short read means the socket is drained, unless the peer also
                     // closed: then read on to see the EOF (no further edge will come).
-                    Token(key) => self.core.ready(
-                        &mut self.table,
-                        key,
-                        ev.is_read_closed() || ev.is_error(),
-                    ),
+                    Token(key) => {
+                        self.core
+                            .ready(&mut self.table, key, ev.is_read_closed() || ev.is_error())
+                    }
                 }
             }
             if self.acceptor.due(self.now) {
@@ -196,7 +195,10 @@ impl<C: Core> Driver<C> {
             if let Err(e) = configure_accepted(&sock, keepalive) {
                 debug!("socket options on an accepted connection: {e}");
             }
-            if let Err(e) = table.reg.register(&mut sock, Token(key), Interest::READABLE) {
+            if let Err(e) = table
+                .reg
+                .register(&mut sock, Token(key), Interest::READABLE)
+            {
                 warn!("registering a connection failed: {e}");
                 core.abort(key);
                 return;
