@@ -35,14 +35,10 @@ fn five_thousand_concurrent_connections_each_complete_an_echo_exchange() {
     eprintln!(
         "server VmRSS {rss_before} KiB -> {rss_after} KiB with {N} idle connections: {per_conn} B each"
     );
-    // epoll: about 110 B here at 5,000 (56 B at 10,000: fixed costs weigh more here);
-    // the bound leaves room for a noisy heap and still catches any buffer or box kept
-    // by an idle connection. The io_uring backend (the suite's second pass, under
-    // REACTOR_IO) has a 160-byte connection and a fixed 1 MB receive-buffer ring per
-    // shard, filled as the first connections arrive: about 770 B each here, still far
-    // under one 4 KB buffer per connection.
-    let uring = std::env::var("REACTOR_IO").is_ok_and(|v| v != "epoll");
-    let bound = if uring { 1024 } else { 256 };
+    // About 110 B here at 5,000 (56 B at 10,000: fixed costs weigh more here); the
+    // bound leaves room for a noisy heap and still catches any buffer or box kept by an
+    // idle connection.
+    let bound = 256;
     assert!(per_conn < bound, "{per_conn} bytes per idle connection");
     drop(conns);
     let (status, stats) = srv.stop();

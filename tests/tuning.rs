@@ -426,7 +426,6 @@ fn scripts_are_shellcheck_clean() {
         "benches/tls.sh",
         "benches/perf.sh",
         "benches/lib.sh",
-        "benches/uring.sh",
         "deploy/reload.sh",
         ".ci/run",
     ];
