@@ -22,24 +22,34 @@ const SECONDS: u64 = 8;
 /// under way may wait out a 10 s timeout or two.
 const CHAOS_DEADLINE: Duration = Duration::from_secs(SECONDS + 45);
 
-/// The six runs: protocol, the server's arguments. Pinned to the epoll backend, also
-/// when CI runs the suite again under `REACTOR_IO=auto`: the io_uring backend loses
-/// answers here (a half-close among resets), known and out of this test's scope.
+/// The six runs: protocol, the server's arguments. The server runs with its default
+/// backend, epoll, also when CI runs the suite again under `REACTOR_IO=auto` (see
+/// [`start`]).
 const RUNS: [(&str, &str); 6] = [
-    ("echo", "--io epoll --protocol echo --threads 2"),
+    ("echo", "--protocol echo --threads 2"),
     // Echo does not use the pool; it is started all the same.
-    ("echo", "--io epoll --protocol echo --threads 2 --workers 2"),
-    ("http", "--io epoll --protocol http --threads 2"),
+    ("echo", "--protocol echo --threads 2 --workers 2"),
+    ("http", "--protocol http --threads 2"),
     (
         "http",
-        "--io epoll --protocol http --threads 2 --workers 2 --work spin:20us",
+        "--protocol http --threads 2 --workers 2 --work spin:20us",
     ),
-    ("json", "--io epoll --protocol json --threads 2"),
+    ("json", "--protocol json --threads 2"),
     (
         "json",
-        "--io epoll --protocol json --threads 2 --workers 2 --work spin:20us",
+        "--protocol json --threads 2 --workers 2 --work spin:20us",
     ),
 ];
+
+/// Starts the server without `REACTOR_IO`: the io_uring backend (`--io uring`, where
+/// built) loses answers under this load, a half-close among resets, which is known and
+/// not this test's subject. Not `--io epoll`, so that the test runs on a build without
+/// the flag.
+fn start(args: &str) -> Server {
+    let mut cmd = Command::new(binary());
+    cmd.env_remove("REACTOR_IO");
+    Server::start_cmd(cmd, args)
+}
 
 #[test]
 fn soak_every_protocol_under_chaos_loses_nothing() {
@@ -78,7 +88,7 @@ fn soak_every_protocol_under_chaos_loses_nothing() {
 
 /// One run: a server, chaos against it, the checks. Returns the figures, to print.
 fn soak(proto: &str, args: &str) -> String {
-    let mut srv = Server::start(args);
+    let mut srv = start(args);
     let v = chaos(srv.addr, proto);
     let n = |k: &str| {
         v[k].as_u64()
