@@ -1,0 +1,255 @@
+//! One connection's state machine: connect, write an exchange's requests fragment by
+//! fragment, end it the way its behaviour says, read and check the answers, and again
+//! until the run's deadline. Blocking sockets, one thread per peer; every wait is
+//! bounded by `--timeout`, so a stuck server shows as a loss, not a hang.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use crate::behaviour::Behaviour;
+use crate::exchange::Exchange;
+use crate::options::Opts;
+use crate::rng::Rng;
+use crate::tally::Tally;
+
+/// Failures of each kind a peer describes in full (the rest are only counted).
+const DESCRIBED: usize = 3;
+
+enum State {
+    /// No connection: open one, or stop if the run is over.
+    Closed,
+    /// Connected with no exchange under way (after a keep-alive one).
+    Idle(TcpStream),
+    /// Writing the requests, one fragment per step.
+    Sending(TcpStream, Exchange),
+    /// Every fragment written: end the exchange the way its behaviour says.
+    Ending(TcpStream, Exchange),
+    /// Reading the answers (a half-closed exchange: until EOF).
+    Reading(TcpStream, Exchange),
+    Done,
+}
+
+/// How an exchange ended.
+enum Outcome {
+    /// As it should (for an abort or a reset, whatever the answers).
+    Ok,
+    /// The server closed before every answer came.
+    Lost(String),
+    /// An answer was wrong.
+    Corrupt(String),
+    /// The connection failed (reset, refused, timed out).
+    Error(String),
+}
+
+pub(crate) struct Peer<'a> {
+    id: usize,
+    opts: &'a Opts,
+    addr: SocketAddr,
+    deadline: Instant,
+    rng: Rng,
+    /// The last request number used.
+    uid: u64,
+    tally: Tally,
+    scratch: Vec<u8>,
+}
+
+impl<'a> Peer<'a> {
+    pub(crate) fn new(
+        id: usize,
+        opts: &'a Opts,
+        seed: u64,
+        addr: SocketAddr,
+        deadline: Instant,
+    ) -> Self {
+        Peer {
+            id,
+            opts,
+            addr,
+            deadline,
+            rng: Rng::new(seed, id as u64),
+            // Request numbers unique across connections (the echo payload starts with
+            // its number).
+            uid: (id as u64) << 40,
+            tally: Tally::default(),
+            scratch: vec![0; 64 * 1024],
+        }
+    }
+
+    pub(crate) fn run(mut self) -> Tally {
+        let mut state = State::Closed;
+        loop {
+            state = match state {
+                State::Done => return self.tally,
+                s => self.step(s),
+            };
+        }
+    }
+
+    fn over(&self) -> bool {
+        Instant::now() >= self.deadline
+    }
+
+    fn step(&mut self, state: State) -> State {
+        match state {
+            State::Closed if self.over() => State::Done,
+            State::Closed => match self.connect() {
+                Ok(s) => {
+                    self.tally.connections += 1;
+                    self.begin(s)
+                }
+                Err(e) => {
+                    self.tally.errors += 1;
+                    self.describe("error", format!("connect: {e}"));
+                    // The server is gone or full: do not spin on it.
+                    std::thread::sleep(Duration::from_millis(10));
+                    State::Closed
+                }
+            },
+            // The run is over: close the kept-alive connection.
+            State::Idle(_) if self.over() => State::Done,
+            State::Idle(s) => self.begin(s),
+            State::Sending(mut s, mut ex) => {
+                let Some(bytes) = ex.next_write() else {
+                    return State::Ending(s, ex);
+                };
+                match s.write_all(bytes) {
+                    Ok(()) => {
+                        ex.writes += 1;
+                        State::Sending(s, ex)
+                    }
+                    Err(e) => self.settle(&ex, Outcome::Error(format!("write: {e}"))),
+                }
+            }
+            State::Ending(s, ex) => match ex.behaviour {
+                Behaviour::HalfClose => match s.shutdown(Shutdown::Write) {
+                    Ok(()) => State::Reading(s, ex),
+                    Err(e) => self.settle(&ex, Outcome::Error(format!("shutdown: {e}"))),
+                },
+                Behaviour::Graceful | Behaviour::KeepAlive => State::Reading(s, ex),
+                Behaviour::Abort => {
+                    drop(s);
+                    self.settle(&ex, Outcome::Ok)
+                }
+                Behaviour::Reset => {
+                    let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
+                    drop(s);
+                    self.settle(&ex, Outcome::Ok)
+                }
+            },
+            State::Reading(mut s, mut ex) => {
+                let half_closed = ex.behaviour == Behaviour::HalfClose;
+                let n = match s.read(&mut self.scratch) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == ErrorKind::Interrupted => return State::Reading(s, ex),
+                    Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                        let what = if ex.complete() {
+                            "no EOF after the last answer of a half-closed exchange".to_string()
+                        } else {
+                            format!("no answer for {:?}", self.opts.timeout)
+                        };
+                        return self.settle(&ex, Outcome::Error(what));
+                    }
+                    Err(e) => return self.settle(&ex, Outcome::Error(format!("read: {e}"))),
+                };
+                if n == 0 {
+                    let outcome = if ex.complete() && ex.partial() == 0 {
+                        Outcome::Ok
+                    } else {
+                        Outcome::Lost(format!(
+                            "EOF after {} of {} answers{}",
+                            ex.answered,
+                            ex.requests.len(),
+                            match ex.partial() {
+                                0 => String::new(),
+                                p => format!(" and {p} bytes of the next"),
+                            }
+                        ))
+                    };
+                    return self.settle(&ex, outcome);
+                }
+                if let Err(e) = ex.take(self.opts.protocol, &self.scratch[..n]) {
+                    return self.settle(&ex, Outcome::Corrupt(e));
+                }
+                if !ex.complete() || half_closed {
+                    return State::Reading(s, ex);
+                }
+                let keep = ex.behaviour == Behaviour::KeepAlive;
+                self.settle(&ex, Outcome::Ok);
+                if keep { State::Idle(s) } else { State::Closed }
+            }
+            State::Done => State::Done,
+        }
+    }
+
+    fn connect(&self) -> std::io::Result<TcpStream> {
+        let s = TcpStream::connect_timeout(&self.addr, self.opts.timeout)?;
+        s.set_read_timeout(Some(self.opts.timeout))?;
+        s.set_write_timeout(Some(self.opts.timeout))?;
+        s.set_nodelay(true)?;
+        Ok(s)
+    }
+
+    /// Starts the next exchange on `s`.
+    fn begin(&mut self, s: TcpStream) -> State {
+        let ex = Exchange::plan(self.opts, &mut self.rng, &mut self.uid);
+        State::Sending(s, ex)
+    }
+
+    /// Counts an exchange that has ended; the connection is dropped unless the caller
+    /// keeps it.
+    fn settle(&mut self, ex: &Exchange, outcome: Outcome) -> State {
+        let t = &mut self.tally;
+        t.exchanges += 1;
+        let sent = ex.requests_sent() as u64;
+        t.requests += sent;
+        match ex.behaviour {
+            Behaviour::HalfClose => t.half_closes += 1,
+            Behaviour::Graceful => t.graceful += 1,
+            Behaviour::KeepAlive => t.keep_alives += 1,
+            Behaviour::Abort => t.aborted += 1,
+            Behaviour::Reset => t.resets += 1,
+        }
+        if ex.behaviour.checked() {
+            t.answers += ex.answered as u64;
+            t.answer_bytes += ex.answer_bytes;
+        } else {
+            t.unchecked += sent;
+        }
+        // Requests sent whose answer did not come (or came wrong).
+        let missing = sent.saturating_sub(ex.answered as u64);
+        let (kind, why) = match outcome {
+            Outcome::Ok => return State::Closed,
+            Outcome::Lost(why) => {
+                t.lost += missing;
+                ("lost", why)
+            }
+            Outcome::Corrupt(why) => {
+                // The answers from the wrong one on cannot be trusted.
+                t.corrupt += missing;
+                ("corrupt", why)
+            }
+            Outcome::Error(why) => {
+                t.errors += 1;
+                if ex.behaviour.checked() {
+                    t.lost += missing;
+                }
+                ("error", why)
+            }
+        };
+        let what = format!(
+            "{} exchange of {} requests in {} writes, {} answered: {why}",
+            ex.behaviour.name(),
+            ex.requests.len(),
+            ex.cuts.len(),
+            ex.answered,
+        );
+        self.describe(kind, what);
+        State::Closed
+    }
+
+    fn describe(&mut self, kind: &str, what: String) {
+        let line = format!("{kind}: connection {}: {what}", self.id);
+        self.tally.note(line, DESCRIBED);
+    }
+}
