@@ -99,7 +99,17 @@ struct Inner {
 }
 
 #[cfg(test)]
-type Preempt = Box<dyn FnMut(&Pool) + Send>;
+type Preempt = Box<dyn FnMut(&Pool, Point) + Send>;
+
+/// Tests only: where a shard meets the others.
+#[cfg(test)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Point {
+    /// At the start of a reservation.
+    Reserve,
+    /// At the start of a request to be woken when room frees.
+    WakeOnRoom,
+}
 
 struct State {
     jobs: VecDeque<Task>,
@@ -173,7 +183,7 @@ impl Pool {
     /// [`submit`](Pool::submit) or given back with [`release`](Pool::release).
     pub fn try_reserve(&self, want: usize) -> usize {
         #[cfg(test)]
-        self.preempt();
+        self.preempt(Point::Reserve);
         let cap = self.inner.cfg.queue;
         let mut cur = self.inner.queued.load(Ordering::Relaxed);
         loop {
@@ -219,7 +229,7 @@ impl Pool {
     /// freed in between is not missed.
     pub fn wake_on_room(&self, waker: &Arc<Waker>) {
         #[cfg(test)]
-        self.preempt();
+        self.preempt(Point::WakeOnRoom);
         let mut w = self
             .inner
             .room_waiters
@@ -348,11 +358,17 @@ impl Pool {
         jobs
     }
 
+    /// Whether freeing a place will wake whoever asked: someone asked, and the queue is
+    /// full (a place freed from a full queue wakes the waiters).
+    pub(crate) fn wake_armed(&self) -> bool {
+        self.inner.room_wanted.load(Ordering::SeqCst) && !self.has_room()
+    }
+
     pub(crate) fn set_preempt(&self, f: Option<Preempt>) {
         *self.inner.preempt.lock().unwrap_or_else(|e| e.into_inner()) = f;
     }
 
-    fn preempt(&self) {
+    fn preempt(&self, at: Point) {
         // Taken out while it runs: what it does to the pool meets no preemption point.
         let f = self
             .inner
@@ -361,7 +377,7 @@ impl Pool {
             .unwrap_or_else(|e| e.into_inner())
             .take();
         if let Some(mut f) = f {
-            f(self);
+            f(self, at);
             let mut slot = self.inner.preempt.lock().unwrap_or_else(|e| e.into_inner());
             if slot.is_none() {
                 *slot = Some(f);

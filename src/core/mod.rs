@@ -39,7 +39,7 @@ mod transport;
 mod sim;
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -51,7 +51,7 @@ use conn::*;
 use dispatch::Offload;
 use drive::ConnIo;
 pub(crate) use drive::{Close, Settings};
-pub use socket::{Socket, Sockets};
+pub use socket::{Peer, Socket, Sockets};
 
 use crate::jobs::{Completion, Inbox};
 use crate::proxy::{ProxyMode, Refusal};
@@ -78,7 +78,7 @@ pub(crate) trait Core {
     /// A connection was accepted from `peer`: its key if the core takes it (the driver
     /// then stores its socket under that key), `None` if it is refused (the driver
     /// closes it).
-    fn open(&mut self, peer: SocketAddr) -> Option<usize>;
+    fn open(&mut self, peer: Peer) -> Option<usize>;
     /// The driver could not keep a connection the core took (its registration failed).
     fn abort(&mut self, key: usize);
     /// A connection's socket is ready (or may be). `read_to_block`: keep reading after
@@ -344,25 +344,34 @@ impl<H: Handler> Core for Shard<H> {
         self.io.clock.refresh();
     }
 
-    fn open(&mut self, peer: SocketAddr) -> Option<usize> {
+    fn open(&mut self, peer: Peer) -> Option<usize> {
         let io = &mut self.io;
+        let ip = match peer {
+            Peer::Ip(a) => Some(a.ip()),
+            Peer::Unix => None,
+        };
         if self.conns.len() >= io.set.max_conns {
             io.stats.rejected += 1;
             return None;
         }
         // A trusted load balancer speaks for its clients: the address that counts
         // comes with its PROXY header.
+        // A Unix-socket peer is on this host: trusted like loopback.
         let proxied = io.set.proxy != ProxyMode::Off
-            && io.set.proxy_from.iter().any(|n| n.contains(peer.ip()));
-        let mut ip = None;
-        if io.set.max_per_ip > 0 && !proxied {
-            if !take_ip(&self.shared, peer.ip(), io.set.max_per_ip) {
+            && ip.is_none_or(|ip| io.set.proxy_from.iter().any(|n| n.contains(ip)));
+        let mut counted = None;
+        if let Some(ip) = ip
+            && io.set.max_per_ip > 0
+            && !proxied
+        {
+            if !take_ip(&self.shared, ip, io.set.max_per_ip) {
                 io.stats.rejected_per_ip += 1;
                 io.stats.rejected += 1;
                 return None;
             }
-            ip = Some(peer.ip());
+            counted = Some(ip);
         }
+        let ip = counted;
         let tls = match io.new_tls() {
             None => None,
             Some(Ok(tls)) => Some(tls),

@@ -15,6 +15,19 @@
 //! [`Shard`](super::Shard).
 
 use std::io;
+use std::net::SocketAddr;
+
+/// Who is at the other end of a new connection, as the driver learnt it at accept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Peer {
+    /// A TCP peer.
+    Ip(SocketAddr),
+    /// A Unix-socket peer: no address (per-address limits do not apply; a PROXY header
+    /// may still name the client). Only the simulation opens these until the driver
+    /// listens on Unix sockets.
+    #[cfg_attr(not(test), allow(dead_code))]
+    Unix,
+}
 
 /// One connection's stream, as a driver provides it.
 pub trait Socket {

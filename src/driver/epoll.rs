@@ -20,7 +20,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Registry, Token};
 
 use super::accept::{Acceptor, LISTENER};
-use crate::core::{Core, Socket, Sockets};
+use crate::core::{Core, Peer, Socket, Sockets};
 use crate::listener::configure_accepted;
 
 pub(crate) const WAKER: Token = Token(usize::MAX);
@@ -189,7 +189,7 @@ impl<C: Core> Driver<C> {
         let (core, table, keepalive) = (&mut self.core, &mut self.table, self.keepalive);
         let open = core.open_count();
         self.acceptor.accept(self.now, open, |mut sock, peer| {
-            let Some(key) = core.open(peer) else {
+            let Some(key) = core.open(Peer::Ip(peer)) else {
                 return;
             };
             if let Err(e) = configure_accepted(&sock, keepalive) {

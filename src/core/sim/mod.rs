@@ -51,7 +51,7 @@ use crate::proxy::{ProxyMode, Refusal};
 use crate::service::{Handler, Pooled, Work};
 use crate::shared::Shared;
 use crate::tls::{HandshakeFailure, TlsShared, Trust};
-use crate::workers::{Pool, Task};
+use crate::workers::{Point, Pool, Task};
 use client::{Client, Proto};
 use net::{Net, Pipe};
 use rng::Rng;
@@ -62,7 +62,7 @@ const CERT: &[u8] = include_bytes!("cert.pem");
 const KEY: &[u8] = include_bytes!("key.pem");
 /// Seeds run by default: enough to catch each defect put back (see `mutant`), few
 /// enough to keep the suite quick.
-const DEFAULT_SEEDS: u64 = 300;
+const DEFAULT_SEEDS: u64 = 1000;
 /// Random steps per seed.
 const STEPS: usize = 400;
 
@@ -136,6 +136,8 @@ struct Sim<H: Handler> {
     events: Events,
     /// Jobs taken from the queue, not yet run (a worker holds them).
     jobs: Vec<Task>,
+    /// The waker fired and the shard has not been woken yet.
+    woken: bool,
     now: u64,
     next_id: usize,
     drained: bool,
@@ -209,13 +211,14 @@ impl<H: Handler> Sim<H> {
                 rng: Rng::new(seed.wrapping_mul(31)),
             }));
             let o = other.clone();
-            pool.set_preempt(Some(Box::new(move |p: &Pool| {
+            pool.set_preempt(Some(Box::new(move |p: &Pool, at: Point| {
                 let mut o = o.lock().unwrap_or_else(|e| e.into_inner());
-                match o.rng.below(6) {
-                    // Another shard takes every place left.
-                    0 => o.held += p.try_reserve(usize::MAX),
-                    // ... or gives some back (its jobs were taken by workers).
-                    1 if o.held > 0 => {
+                // Biased toward the interleavings that matter (FoundationDB's
+                // "buggify"): another shard takes every place left just before a
+                // reservation, and a worker frees one just before a request to be woken.
+                match at {
+                    Point::Reserve if o.rng.chance(4) => o.held += p.try_reserve(usize::MAX),
+                    Point::WakeOnRoom if o.held > 0 && o.rng.chance(2) => {
                         let held = o.held;
                         let n = 1 + o.rng.below(held);
                         o.held -= n;
@@ -255,6 +258,7 @@ impl<H: Handler> Sim<H> {
             poll,
             events: Events::with_capacity(8),
             jobs: Vec::new(),
+            woken: false,
             now: 0,
             next_id: 0,
             drained: false,
@@ -279,6 +283,12 @@ impl<H: Handler> Sim<H> {
         let id = self.next_id;
         self.next_id += 1;
         let peer = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1)), 40000 + id as u16);
+        // Some peers come over a Unix socket: no address, trusted for PROXY.
+        let peer = if self.rng.chance(4) {
+            super::Peer::Unix
+        } else {
+            super::Peer::Ip(peer)
+        };
         let Some(key) = self.shard.open(peer) else {
             return;
         };
@@ -428,10 +438,16 @@ impl<H: Handler> Sim<H> {
 
     /// Whatever woke the shard's waker (completions, room in the queue).
     fn poll_waker(&mut self) {
-        let _ = self.poll.poll(&mut self.events, Some(Duration::ZERO));
-        if !self.events.is_empty() {
+        if self.waker_fired() || std::mem::take(&mut self.woken) {
             self.shard.wake(&mut self.net);
         }
+    }
+
+    /// Whether the waker fired since the last look (its event is consumed: remember it
+    /// in `woken` if it is not acted on at once).
+    fn waker_fired(&mut self) -> bool {
+        let _ = self.poll.poll(&mut self.events, Some(Duration::ZERO));
+        !self.events.is_empty()
     }
 
     fn other_lets_go(&mut self, all: bool) {
@@ -639,6 +655,25 @@ impl<H: Handler> Sim<H> {
                 "{} buffers lent with no connection open",
                 s.buffers_lent
             ));
+        }
+        // No lost wake-up: a connection that waits for room in the pool's queue has
+        // someone to wake it: the queue is full and freeing a place will, or the waker
+        // already fired.
+        let stalled = self
+            .shard
+            .io
+            .offload
+            .as_ref()
+            .is_some_and(|o| !o.room_stalled.is_empty());
+        if stalled && !self.woken {
+            self.woken = self.waker_fired();
+        }
+        if stalled && !self.woken && !self.pool.as_ref().is_some_and(|p| p.wake_armed()) {
+            return Err(
+                "connections wait for room in the pool's queue, there is room, and \
+                 nothing will wake them: a lost wake-up"
+                    .into(),
+            );
         }
         // One decode step: a read's worth of answers (a 64 KB read of echo, or of
         // pipelined requests, encrypted), on top of the mark.
@@ -885,8 +920,12 @@ fn simulation_of_the_connection_core() {
         Some(s) => vec![s],
         None => (1..=env_u64("REACTOR_SIM_SEEDS").unwrap_or(DEFAULT_SEEDS)).collect(),
     };
+    // REACTOR_SIM_ALL=1: run every seed and count the failures (to measure how often a
+    // mutant is caught) instead of stopping at the first.
+    let all = std::env::var_os("REACTOR_SIM_ALL").is_some();
     let start = Instant::now();
     let mut total = Tally::default();
+    let mut failed = Vec::new();
     for (i, &seed) in seeds.iter().enumerate() {
         match run_seed(seed) {
             Ok((_, t)) => {
@@ -895,12 +934,22 @@ fn simulation_of_the_connection_core() {
                 total.requests += t.requests;
                 total.answers += t.answers;
             }
-            Err((sc, e)) => panic!(
+            Err((sc, e)) if !all => panic!(
                 "simulation failed at seed {seed} (the {}th; replay with \
                  REACTOR_SIM_SEED={seed}): {e}\nscenario: {sc:?}",
                 i + 1
             ),
+            Err(_) => failed.push(seed),
         }
+    }
+    if !failed.is_empty() {
+        panic!(
+            "simulation failed at seed {} and {} more of {} seeds: {:?}",
+            failed[0],
+            failed.len() - 1,
+            seeds.len(),
+            &failed[..failed.len().min(20)]
+        );
     }
     let secs = start.elapsed().as_secs_f64();
     eprintln!(
