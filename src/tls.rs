@@ -124,7 +124,17 @@ impl TlsShared {
         plain_reply: Option<&'static [u8]>,
     ) -> io::Result<TlsShared> {
         let cfg = load_config(&cert, &key, &alpn)?;
-        Ok(TlsShared {
+        Ok(TlsShared::with(cert, key, alpn, cfg, plain_reply))
+    }
+
+    fn with(
+        cert: PathBuf,
+        key: PathBuf,
+        alpn: Vec<Vec<u8>>,
+        cfg: ServerConfig,
+        plain_reply: Option<&'static [u8]>,
+    ) -> TlsShared {
+        TlsShared {
             cert,
             key,
             alpn,
@@ -133,7 +143,7 @@ impl TlsShared {
             plain_reply,
             reloads: AtomicU64::new(0),
             reload_failures: AtomicU64::new(0),
-        })
+        }
     }
 
     /// A configuration from PEM held in memory (the simulation's), never reloaded.
@@ -149,16 +159,13 @@ impl TlsShared {
             .map_err(|e| invalid(e.to_string()))?;
         let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| invalid(e.to_string()))?;
         let cfg = server_config(chain, key, &alpn)?;
-        Ok(TlsShared {
-            cert: PathBuf::new(),
-            key: PathBuf::new(),
+        Ok(TlsShared::with(
+            PathBuf::new(),
+            PathBuf::new(),
             alpn,
-            current: Mutex::new(Arc::new(cfg)),
-            generation: AtomicU64::new(1),
+            cfg,
             plain_reply,
-            reloads: AtomicU64::new(0),
-            reload_failures: AtomicU64::new(0),
-        })
+        ))
     }
 
     /// Reads the certificate and key files again. On success new handshakes use them;
