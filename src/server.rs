@@ -342,8 +342,7 @@ impl Server {
                 shared.clone(),
                 pool.clone().map(|p| (p, waker.clone())),
             );
-            let room = set.max_conns.min(crate::core::MAX_RESERVED);
-            let shard = Driver::new(id, poll, listener, core, set.keepalive, room)?;
+            let shard = Driver::new(id, poll, listener, core, set.keepalive)?;
             shards.push((id, shard, waker));
         }
         for (id, shard, waker) in shards {

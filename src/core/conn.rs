@@ -137,12 +137,15 @@ pub struct Conn<S> {
     /// Reading a request: when its first byte came. Lingering: when the linger began.
     pub since: Stamp,
     pub busy: Option<Box<Busy>>,
+    /// The driver's handle of the socket (see [`Sockets`](super::Sockets)).
+    pub handle: u32,
     pub state: S,
 }
 
 impl<S: Default> Conn<S> {
-    pub fn new(now: u64) -> Self {
+    pub fn new(now: u64, handle: u32) -> Self {
         Conn {
+            handle,
             stage: Stage::Serving,
             flags: 0,
             timer: None,

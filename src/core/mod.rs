@@ -68,19 +68,22 @@ const TICK_MS: u64 = 10;
 const SLOTS: usize = 4096;
 /// At most this many connections' room is reserved up front (a few tens of MB of
 /// address space, not memory).
-pub(crate) const MAX_RESERVED: usize = 1 << 20;
+const MAX_RESERVED: usize = 1 << 20;
 
 /// The shard's side of a driver: what the driver tells the core, and asks of it. The
 /// driver is generic over this trait, so it names no handler, protocol or counter.
 pub(crate) trait Core {
     /// The time, in ms since the shard started, read once per turn.
     fn tick(&mut self, now: u64);
-    /// A connection was accepted from `peer`: its key if the core takes it (the driver
-    /// then stores its socket under that key), `None` if it is refused (the driver
-    /// closes it).
-    fn open(&mut self, peer: Peer) -> Option<usize>;
-    /// The driver could not keep a connection the core took (its registration failed).
+    /// A connection was accepted from `peer`, its socket known to the driver as
+    /// `handle`: its key if the core takes it (the socket is then the core's to close,
+    /// through [`Sockets::close`]), `None` if it is refused (the driver closes it).
+    fn open(&mut self, peer: Peer, handle: u32) -> Option<usize>;
+    /// The driver could not keep a connection the core took (its registration failed);
+    /// the driver closes the socket itself.
     fn abort(&mut self, key: usize);
+    /// The loop fails: every connection is closed (cut) now.
+    fn abandon<S: Sockets>(&mut self, sockets: &mut S);
     /// A connection's socket is ready (or may be). `read_to_block`: keep reading after
     /// a short read (the event also reported the peer's close or an error).
     fn ready<S: Sockets>(&mut self, sockets: &mut S, key: usize, read_to_block: bool);
@@ -185,7 +188,7 @@ impl<H: Handler> Shard<H> {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        let done = match sockets.get(key) {
+        let done = match sockets.get(key, conn.handle) {
             Some(mut sock) => self.io.drive(&mut sock, conn, key, read_to_block),
             None => Err(Close::Error),
         };
@@ -202,10 +205,11 @@ impl<H: Handler> Shard<H> {
         let Some(conn) = self.conns.try_remove(key) else {
             return;
         };
-        self.io.close(sockets.get(key).as_mut(), conn, why);
+        let handle = conn.handle;
+        self.io.close(sockets.get(key, handle).as_mut(), conn, why);
         #[cfg(test)]
         self.closes.push((key, why));
-        sockets.close(key);
+        sockets.close(key, handle);
         if let Some(ip) = self.ips.remove(&key) {
             release_ip(&self.shared, ip);
         }
@@ -344,7 +348,7 @@ impl<H: Handler> Core for Shard<H> {
         self.io.clock.refresh();
     }
 
-    fn open(&mut self, peer: Peer) -> Option<usize> {
+    fn open(&mut self, peer: Peer, handle: u32) -> Option<usize> {
         let io = &mut self.io;
         let ip = match peer {
             Peer::Ip(a) => Some(a.ip()),
@@ -386,7 +390,7 @@ impl<H: Handler> Core for Shard<H> {
         };
         let entry = self.conns.vacant_entry();
         let key = entry.key();
-        let conn = entry.insert(Conn::new(io.now));
+        let conn = entry.insert(Conn::new(io.now, handle));
         if tls.is_some() {
             conn.busy().tls = tls;
         }
@@ -519,6 +523,13 @@ impl<H: Handler> Core for Shard<H> {
 
     fn finished(&self) -> bool {
         self.io.draining && self.conns.is_empty()
+    }
+
+    fn abandon<S: Sockets>(&mut self, sockets: &mut S) {
+        for key in self.keys() {
+            self.close(sockets, key, Close::Cut);
+        }
+        self.publish(true);
     }
 
     fn driver_counts(&mut self, rejected: u64, fd_errors: u64) {

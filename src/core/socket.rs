@@ -43,7 +43,9 @@ pub trait Socket {
     fn want_write(&mut self, on: bool) -> io::Result<()>;
 }
 
-/// The driver's table of sockets, by connection key.
+/// The driver's sockets. Each connection carries a 32-bit handle of the driver's (a
+/// descriptor, an index: the core never looks inside), kept in what would otherwise be
+/// padding of the connection, so the driver needs no table of its own.
 pub trait Sockets {
     /// A socket lent to the core for one piece of work.
     type Sock<'a>: Socket
@@ -51,9 +53,9 @@ pub trait Sockets {
         Self: 'a;
     /// The socket of a connection the core holds. A key the driver does not know
     /// (it never should) gives `None`, and the core closes the connection.
-    fn get(&mut self, key: usize) -> Option<Self::Sock<'_>>;
+    fn get(&mut self, key: usize, handle: u32) -> Option<Self::Sock<'_>>;
     /// The core is done with the connection: close its socket.
-    fn close(&mut self, key: usize);
+    fn close(&mut self, key: usize, handle: u32);
 }
 
 pub(crate) fn would_block(e: &io::Error) -> bool {

@@ -12,7 +12,9 @@
 //! output is pending ([`Socket::want_write`]).
 
 use std::io::{self, Read, Write};
+use std::mem::ManuallyDrop;
 use std::net::Shutdown;
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, RawFd};
 use std::time::{Duration, Instant};
 
 use log::{debug, warn};
@@ -39,15 +41,18 @@ pub(crate) struct Driver<C: Core> {
     now: u64,
 }
 
-/// The sockets, by connection key (the key is also the mio token).
+/// The sockets lent to the core. A connection's handle is its socket's descriptor: the
+/// core holds it (in its connection, where it costs no byte) from `open` to
+/// `Sockets::close`, and the socket is rebuilt around it for each use. So there is no
+/// table of sockets beside the core's slab.
 struct Table {
-    socks: Vec<Option<TcpStream>>,
     reg: Registry,
 }
 
 /// A connection's socket lent to the core, with what it needs to change its interest.
 pub(crate) struct MioSock<'a> {
-    stream: &'a mut TcpStream,
+    /// Not dropped here: the descriptor stays open, owned by the connection.
+    stream: ManuallyDrop<TcpStream>,
     reg: &'a Registry,
     key: usize,
 }
@@ -71,15 +76,20 @@ impl Socket for MioSock<'_> {
         } else {
             Interest::READABLE
         };
-        self.reg.reregister(self.stream, Token(self.key), interest)
+        self.reg
+            .reregister(&mut *self.stream, Token(self.key), interest)
     }
 }
 
 impl Sockets for Table {
     type Sock<'a> = MioSock<'a>;
 
-    fn get(&mut self, key: usize) -> Option<MioSock<'_>> {
-        let stream = self.socks.get_mut(key)?.as_mut()?;
+    fn get(&mut self, key: usize, handle: u32) -> Option<MioSock<'_>> {
+        // SAFETY: `handle` is the descriptor of a socket accepted by `Driver::accept`,
+        // whose ownership passed to the core's connection; the core hands it back only
+        // while that connection exists, and `close` below is its one release. The
+        // `ManuallyDrop` keeps this temporary wrapper from closing it.
+        let stream = ManuallyDrop::new(unsafe { TcpStream::from_raw_fd(handle as RawFd) });
         Some(MioSock {
             stream,
             reg: &self.reg,
@@ -87,42 +97,28 @@ impl Sockets for Table {
         })
     }
 
-    fn close(&mut self, key: usize) {
-        // Dropping the socket closes it, which also removes it from epoll.
-        if let Some(s) = self.socks.get_mut(key) {
-            *s = None;
-        }
-    }
-}
-
-impl Table {
-    fn put(&mut self, key: usize, sock: TcpStream) {
-        if key >= self.socks.len() {
-            self.socks.resize_with(key + 1, || None);
-        }
-        self.socks[key] = Some(sock);
+    fn close(&mut self, _: usize, handle: u32) {
+        // SAFETY: as in `get`; the core calls this once, when it lets the connection
+        // go, and never uses the handle again. Dropping the socket closes it, which also
+        // removes it from epoll.
+        drop(unsafe { TcpStream::from_raw_fd(handle as RawFd) });
     }
 }
 
 impl<C: Core> Driver<C> {
-    /// `room`: how many connections to reserve room for up front.
     pub fn new(
         id: usize,
         poll: Poll,
         listener: TcpListener,
         core: C,
         keepalive: Option<Duration>,
-        room: usize,
     ) -> io::Result<Self> {
         let acceptor = Acceptor::new(id, poll.registry(), listener)?;
         let reg = poll.registry().try_clone()?;
         Ok(Driver {
             poll,
             acceptor,
-            table: Table {
-                socks: Vec::with_capacity(room),
-                reg,
-            },
+            table: Table { reg },
             core,
             keepalive,
             epoch: Instant::now(),
@@ -139,6 +135,7 @@ impl<C: Core> Driver<C> {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
+                self.core.abandon(&mut self.table);
                 return Err(e);
             }
             self.now = self.epoch.elapsed().as_millis() as u64;
@@ -189,7 +186,8 @@ impl<C: Core> Driver<C> {
         let (core, table, keepalive) = (&mut self.core, &mut self.table, self.keepalive);
         let open = core.open_count();
         self.acceptor.accept(self.now, open, |mut sock, peer| {
-            let Some(key) = core.open(Peer::Ip(peer)) else {
+            let fd = sock.as_raw_fd();
+            let Some(key) = core.open(Peer::Ip(peer), fd as u32) else {
                 return;
             };
             if let Err(e) = configure_accepted(&sock, keepalive) {
@@ -203,7 +201,8 @@ impl<C: Core> Driver<C> {
                 core.abort(key);
                 return;
             }
-            table.put(key, sock);
+            // The descriptor is the connection's now (see `Table`).
+            let _ = sock.into_raw_fd();
         });
     }
 

@@ -289,7 +289,7 @@ impl<H: Handler> Sim<H> {
         } else {
             super::Peer::Ip(peer)
         };
-        let Some(key) = self.shard.open(peer) else {
+        let Some(key) = self.shard.open(peer, id as u32) else {
             return;
         };
         let tls = match self.sc.tls {

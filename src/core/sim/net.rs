@@ -179,7 +179,7 @@ impl Socket for SimSock<'_> {
 impl Sockets for Net {
     type Sock<'a> = SimSock<'a>;
 
-    fn get(&mut self, key: usize) -> Option<SimSock<'_>> {
+    fn get(&mut self, key: usize, _: u32) -> Option<SimSock<'_>> {
         let Net {
             pipes, violation, ..
         } = self;
@@ -192,7 +192,7 @@ impl Sockets for Net {
         }
     }
 
-    fn close(&mut self, key: usize) {
+    fn close(&mut self, key: usize, _: u32) {
         match self.pipes.get_mut(key).and_then(Option::take) {
             Some(pipe) => self.closed.push((key, pipe)),
             None => {
