@@ -216,7 +216,8 @@ fn tls12_renegotiation_attempt_after_pipelined_requests_sends_no_plaintext() {
         let mut w = tcp.try_clone().unwrap();
         let writer = std::thread::spawn(move || w.write_all(&wire));
         let (got, closed) = read_to_close(&mut tcp);
-        writer.join().unwrap().expect("the requests went out");
+        // A server that closes at the renegotiation attempt may refuse the rest.
+        let _ = writer.join().unwrap();
         let (plain, alerts) = rec.open_all(&got).unwrap_or_else(|e| {
             panic!(
                 "attempt {attempt}: the server's bytes are not a TLS record stream: {e} \
@@ -225,17 +226,20 @@ fn tls12_renegotiation_attempt_after_pipelined_requests_sends_no_plaintext() {
                 count(&got, b"HTTP/1.1")
             )
         });
+        assert!(closed, "attempt {attempt}: the server closed");
+        // Every request before the ClientHello is answered. (rustls refuses the
+        // renegotiation with a warning and goes on, so today the one after it is
+        // answered too: not required here.)
+        let answers = count(&plain, b"HTTP/1.1 200 OK");
         assert!(
-            closed,
-            "attempt {attempt}: the server closed after `Connection: close`"
+            answers >= n,
+            "attempt {attempt}: {answers} answers to the {n} requests before the ClientHello"
         );
-        assert_eq!(
-            count(&plain, b"HTTP/1.1 200 OK"),
-            n + 1,
-            "attempt {attempt}: every request answered"
+        assert!(
+            alerts.iter().any(|&(_, what)| what == 100),
+            "attempt {attempt}: the server refused the renegotiation (no_renegotiation): \
+             alerts {alerts:?}"
         );
-        // warning(1) no_renegotiation(100), then close_notify(0).
-        assert_eq!(alerts, vec![(1, 100), (1, 0)], "attempt {attempt}");
     }
 }
 
@@ -476,6 +480,152 @@ fn a_drain_lets_a_lingering_connection_deliver_its_answers() {
         return;
     }
     panic!("no attempt drained within the linger time");
+}
+
+/// Whether process `pid` is stopped (SIGSTOP).
+fn stopped(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| s[s.rfind(')').unwrap() + 2..].starts_with('T'))
+        .unwrap_or(false)
+}
+
+/// Receives the one listening socket a server with `--handover` (and one thread)
+/// sends its successor.
+fn recv_listener(s: &std::os::unix::net::UnixStream) -> std::os::fd::OwnedFd {
+    use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+    let mut count = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: count.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    // Aligned for cmsghdr, and room for a few descriptors.
+    let mut control = [0u64; 16];
+    // SAFETY: a zeroed msghdr is valid; every pointer in it outlives the call, and the
+    // kernel writes at most msg_controllen bytes of control data.
+    unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = std::mem::size_of_val(&control) as _;
+        let n = libc::recvmsg(s.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC);
+        assert!(n > 0, "recvmsg: {}", std::io::Error::last_os_error());
+        assert_eq!(count[0], 1, "one listener (one thread)");
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        assert!(!cmsg.is_null(), "a descriptor came");
+        assert_eq!((*cmsg).cmsg_type, libc::SCM_RIGHTS);
+        let fd = libc::CMSG_DATA(cmsg).cast::<RawFd>().read_unaligned();
+        std::os::fd::OwnedFd::from_raw_fd(fd)
+    }
+}
+
+/// Defect (the second half): after a hand-over the old server's drain still takes the
+/// connections waiting in the accept queue, which it now shares with its successor
+/// (`check_shutdown`'s final accepts), and closes those that do not speak within
+/// --drain-grace. A connection that arrived after the hand-over and speaks late must
+/// be served by the successor.
+///
+/// Made deterministic: with the old server stopped (SIGSTOP), the test queues more
+/// connections than the old server accepts in the turns it may run before it sees its
+/// drain (1024 a turn: about 4000, so up to three such turns), then the connection
+/// that matters; it asks for the listener as
+/// a successor would, with its confirmation already sent, and lets the old server go
+/// on (SIGCONT). Once the old server has drained and exited, the test hands the
+/// listener to a real successor, and only then does the last connection send its
+/// request.
+#[test]
+fn after_a_handover_a_queued_connection_that_speaks_late_is_served_by_the_successor() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::net::UnixStream;
+    // As many as the accept queue takes (the kernel caps the server's backlog, 4096 by
+    // default, at net.core.somaxconn), less a margin: the more, the more turns the old
+    // server may run before it sees its drain without the test losing its point.
+    let somaxconn: usize = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(4096);
+    let fillers = somaxconn.min(4096) - 64;
+    assert!(
+        fillers >= 2048,
+        "net.core.somaxconn {somaxconn} leaves too short an accept queue for this test"
+    );
+    raise_fd_limit();
+    let dir = std::env::temp_dir().join(format!("reactor-regress-handover-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (h_old, h_new) = (dir.join("old.sock"), dir.join("new.sock"));
+    let mut old = Server::start(&format!(
+        "--protocol http --handover {} --drain-grace 200ms",
+        h_old.display()
+    ));
+    assert!(
+        old.wait_for_line(|l| l.contains("offering the listeners"))
+            .is_some()
+    );
+    // Stopped while it waits in its loop (a stop while it waits for a successor's
+    // confirmation would interrupt that wait).
+    old.signal(libc::SIGSTOP);
+    let end = Instant::now() + DEADLINE;
+    while !stopped(old.pid()) {
+        assert!(Instant::now() < end, "the old server never stopped");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // All wait in the accept queue, in order: nobody accepts.
+    let fillers: Vec<TcpStream> = (0..fillers).map(|_| connect(old.addr)).collect();
+    let mut late = connect(old.addr);
+    // The hand-over: ask, and confirm at once (the old server reads the confirmation
+    // after sending its listener).
+    let mut taker = UnixStream::connect(&h_old).expect("the old server offers");
+    taker.set_read_timeout(Some(DEADLINE)).unwrap();
+    taker.write_all(b"1").unwrap();
+    old.signal(libc::SIGCONT);
+    let listener = recv_listener(&taker);
+    assert!(
+        old.wait_for_line(|l| l.contains("handed the listeners over"))
+            .is_some(),
+        "the hand-over went through"
+    );
+    // The fillers never speak: the drain grace closes them, and the old server exits.
+    assert_eq!(old.wait_exit().code(), Some(0), "the old server drained");
+    drop(fillers);
+    // The successor takes the listener from the test.
+    let offered = reactor::handover::offer(&h_new).unwrap();
+    let giver = std::thread::spawn(move || {
+        let end = Instant::now() + DEADLINE;
+        let peer = loop {
+            match offered.accept() {
+                Ok((peer, _)) => break peer,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    assert!(Instant::now() < end, "no successor came");
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) => panic!("accept a successor: {e}"),
+            }
+        };
+        let confirmed = reactor::handover::give(peer, &[listener.as_raw_fd()]).expect("hand over");
+        (confirmed, listener)
+    });
+    let new = Server::start(&format!("--protocol http --takeover {}", h_new.display()));
+    let (confirmed, _listener) = giver.join().unwrap();
+    assert!(confirmed, "the successor confirmed");
+    // Long after the old server's drain grace, the connection speaks.
+    let sent = late.write_all(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+    let mut got = Vec::new();
+    let read = late.read_to_end(&mut got);
+    assert!(
+        sent.is_ok() && read.is_ok() && got.starts_with(b"HTTP/1.1 200 OK"),
+        "the connection queued after the hand-over: write {sent:?}, read {read:?}, \
+         answer {:?}",
+        String::from_utf8_lossy(&got)
+    );
+    let (status, c) = new.stop();
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(
+        c.get("requests"),
+        Some(&1),
+        "served by the successor: {c:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 // ---------------------------------------------------------------------------------
