@@ -2,7 +2,8 @@
 //! instances, with deploy/haproxy.cfg itself (its addresses replaced by the test's):
 //! traffic reaches both, reactor sees the client's address from the PROXY v2 header,
 //! and draining one instance under continuous load loses no request while HAProxy
-//! marks it down through /health.
+//! marks it down through /health. And HAProxy passing TLS through (`mode tcp`,
+//! `send-proxy-v2`) to a reactor that terminates it.
 
 mod common;
 
@@ -228,5 +229,80 @@ fn haproxy_with_send_proxy_v2_in_front_of_two_instances() {
     send(&mut slow, b"\r\n");
     assert_eq!(read_response(&mut BufReader::new(slow)).status, 200);
     assert_eq!(r1.wait_exit().code(), Some(0));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Whether something listens on 127.0.0.1:`port` (from /proc/net/tcp; no connection
+/// is made, so the proxy does not open one to its server).
+fn listening(port: u16) -> bool {
+    let want = format!("0100007F:{port:04X}");
+    std::fs::read_to_string("/proc/net/tcp")
+        .map(|t| {
+            t.lines().skip(1).any(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                f.len() > 3 && f[1] == want && f[3] == "0A"
+            })
+        })
+        .unwrap_or(false)
+}
+
+/// The standard deployment of TLS behind a load balancer: HAProxy passes the TLS
+/// stream through untouched (`mode tcp`) and opens each connection to reactor with a
+/// PROXY v2 header; reactor reads the header, then terminates TLS. Defect: reactor
+/// refused `--tls-cert` with `--proxy-protocol` at start.
+#[test]
+fn haproxy_tls_passthrough_with_send_proxy_v2() {
+    if !have("haproxy") || !have("openssl") || !have("curl") {
+        return;
+    }
+    let certs = TestCerts::make("haproxy-tls");
+    let srv = in_process(&format!(
+        "--protocol http --proxy-protocol v2 --proxy-from 127.0.0.0/8 {}",
+        certs.args()
+    ));
+    let port = free_port();
+    let dir = std::env::temp_dir().join(format!("reactor-haproxy-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = format!(
+        "global\n    maxconn 100\n\
+         defaults\n    mode tcp\n    timeout connect 5s\n    timeout client 30s\n    \
+         timeout server 30s\n\
+         frontend tls_in\n    bind 127.0.0.1:{port}\n    default_backend reactor\n\
+         backend reactor\n    server s1 {} send-proxy-v2\n",
+        srv.local_addr()
+    );
+    let cfg_path = dir.join("haproxy.cfg");
+    std::fs::write(&cfg_path, cfg).unwrap();
+    let _ha = Killed(
+        Command::new("haproxy")
+            .args(["-db", "-f"])
+            .arg(&cfg_path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start haproxy"),
+    );
+    let end = Instant::now() + DEADLINE;
+    while !listening(port) {
+        assert!(Instant::now() < end, "haproxy never listened on {port}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = Command::new("curl")
+        .args(["-sS", "--http1.1", "--max-time", "20", "--cacert"])
+        .arg(&certs.ca)
+        .args(["--resolve", &format!("localhost:{port}:127.0.0.1")])
+        .arg(format!("https://localhost:{port}/"))
+        .output()
+        .expect("run curl");
+    assert!(
+        out.status.success(),
+        "curl through haproxy: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "Hello, World!");
+    let c = wait_stats(&srv, |c| {
+        c.requests >= 1 && c.proxy_headers >= 1 && c.tls_handshakes >= 1
+    });
+    assert_eq!(c.tls_handshake_failures(), 0, "{c}");
     let _ = std::fs::remove_dir_all(&dir);
 }

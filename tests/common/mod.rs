@@ -385,3 +385,123 @@ impl Drop for Killed {
         let _ = self.0.wait();
     }
 }
+
+/// A CA and a leaf certificate for localhost and 127.0.0.1 signed by it (ECDSA
+/// P-256), made with the `openssl` command in a directory removed on drop;
+/// `cert.pem` holds the chain (leaf, then CA).
+pub struct TestCerts {
+    pub dir: std::path::PathBuf,
+    pub ca: std::path::PathBuf,
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+}
+
+impl TestCerts {
+    pub fn make(tag: &str) -> TestCerts {
+        let dir = std::env::temp_dir().join(format!("reactor-certs-{}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let run = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(&dir)
+                .output()
+                .expect("run openssl");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        std::fs::write(
+            dir.join("ext.cnf"),
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+        )
+        .unwrap();
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        let mut ca = vec!["req", "-x509"];
+        ca.extend(ec);
+        ca.extend([
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=reactor test CA",
+        ]);
+        run(&ca);
+        let mut leaf = vec!["req"];
+        leaf.extend(ec);
+        leaf.extend([
+            "-keyout",
+            "key.pem",
+            "-out",
+            "leaf.csr",
+            "-subj",
+            "/CN=localhost",
+        ]);
+        run(&leaf);
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            "leaf.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+            "-out",
+            "leaf.pem",
+        ]);
+        let chain = [
+            std::fs::read(dir.join("leaf.pem")).unwrap(),
+            std::fs::read(dir.join("ca.pem")).unwrap(),
+        ]
+        .concat();
+        std::fs::write(dir.join("cert.pem"), chain).unwrap();
+        TestCerts {
+            ca: dir.join("ca.pem"),
+            cert: dir.join("cert.pem"),
+            key: dir.join("key.pem"),
+            dir,
+        }
+    }
+
+    /// `--tls-cert ... --tls-key ...`.
+    pub fn args(&self) -> String {
+        format!(
+            "--tls-cert {} --tls-key {}",
+            self.cert.display(),
+            self.key.display()
+        )
+    }
+
+    /// The trust anchors of a client of this server.
+    pub fn roots(&self) -> rustls::RootCertStore {
+        use rustls::pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        for c in rustls::pki_types::CertificateDer::pem_file_iter(&self.ca).unwrap() {
+            roots.add(c.unwrap()).unwrap();
+        }
+        roots
+    }
+}
+
+impl Drop for TestCerts {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
