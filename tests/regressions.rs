@@ -360,8 +360,9 @@ fn bug_costs_one_connection(before: &[u8], bad: &[u8]) {
     let mut c = BufReader::new(connect(srv.local_addr()));
     echoed(&mut c, "new\n", "a new connection after the bug");
     echoed(&mut a, "and again\n", "A at the end");
-    // The fix is expected to count such closes (a `decode_panics` counter, say); this
-    // test asserts only the behaviour.
+    // The close is counted, as a decoder's fault.
+    let c = wait_stats(&srv, |c| c.decode_panics >= 1);
+    assert_eq!(c.decode_panics, 1, "one decoder fault counted: {c}");
 }
 
 /// Defect: a panic in `Protocol::decode` unwinds through the shard's thread, which
