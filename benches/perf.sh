@@ -18,7 +18,8 @@
 # the fraction of samples at user addresses; user CPU per request = CPU per request x
 # that share ("n/a" without a working perf).
 #
-# If the reactor binary has `--io` (in --help) and `--io uring` starts, reactor runs
+# reactor has one backend (epoll/kqueue through mio). A binary from before the io_uring
+# backend was removed (REACTOR_BIN) that has `--io` and starts with `--io uring` runs
 # twice, `--io epoll` and `--io uring`, and the tables gain the uring rows.
 #
 # A second table, from the same run: syscalls per request on a fixed number of requests
@@ -33,7 +34,7 @@
 #   --out FILE    also write the tables to FILE
 # Environment: ROUNDS (3), DURATION (8 s), IDLE_CONNS (10000), SYSCALL_REQUESTS (200),
 #   SERVER_CPU (0), CLIENT_CPU (1), REACTOR_BIN (a reactor binary to use instead of
-#   the one built here), REACTOR_FEATURES (cargo features for the build, e.g. uring).
+#   the one built here), REACTOR_FEATURES (cargo features for the build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=benches/lib.sh
@@ -51,8 +52,8 @@ while [ $# -gt 0 ]; do
     case "$1" in
         --quick) ROUNDS=1; DURATION=2; IDLE_CONNS=2000 ;;
         --out) OUT=${2:?--out needs a file}; shift ;;
-        -h|--help) sed -n '2,36p' "$0"; exit 0 ;;
-        *) echo "perf.sh: unknown argument $1" >&2; sed -n '31,36p' "$0" >&2; exit 2 ;;
+        -h|--help) sed -n '2,37p' "$0"; exit 0 ;;
+        *) echo "perf.sh: unknown argument $1" >&2; sed -n '32,37p' "$0" >&2; exit 2 ;;
     esac
     shift
 done
