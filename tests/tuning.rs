@@ -425,6 +425,7 @@ fn scripts_are_shellcheck_clean() {
         "benches/chart.sh",
         "benches/tls.sh",
         "benches/perf.sh",
+        "benches/ab.sh",
         "benches/lib.sh",
         "deploy/reload.sh",
         ".ci/run",
