@@ -145,6 +145,11 @@ impl Jobs {
         }
     }
 
+    /// Whether the slot is the last one: its answer is the last the connection owes.
+    pub fn is_last(&self, slot: &SlotRef) -> bool {
+        slot.i + 1 == self.slots.len()
+    }
+
     /// Whether the slot is at the front, so its answer may go straight to the output.
     pub fn is_front(&self, slot: &SlotRef) -> bool {
         slot.i == 0
@@ -187,12 +192,13 @@ impl Jobs {
 
     /// Pending slots handed over at or before `cutoff`: they are given up on, and
     /// `answer` fills each (the handler timeout). Returns how many.
-    pub fn expire(&mut self, cutoff: u64, mut answer: impl FnMut(u64) -> BytesMut) -> usize {
+    pub fn expire(&mut self, cutoff: u64, mut answer: impl FnMut(u64, bool) -> BytesMut) -> usize {
         let mut n = 0;
-        for s in self.slots.iter_mut() {
+        let last = self.slots.len().saturating_sub(1);
+        for (i, s) in self.slots.iter_mut().enumerate() {
             match s {
                 Slot::Pending { since } if *since <= cutoff => {
-                    let b = answer(*since);
+                    let b = answer(*since, i == last);
                     self.held += b.len() + SLOT_COST;
                     *s = Slot::Ready(b);
                     n += 1;
@@ -260,7 +266,7 @@ mod tests {
         let s1 = j.push_pending(20);
         let s2 = j.push_pending(30);
         assert_eq!(j.oldest_pending(), Some(10));
-        assert_eq!(j.expire(20, |_| b("late")), 2);
+        assert_eq!(j.expire(20, |_, _| b("late")), 2);
         assert_eq!(j.oldest_pending(), Some(30));
         assert!(j.take_pending(s0).is_none());
         assert!(j.take_pending(s1).is_none());

@@ -267,6 +267,42 @@ fn the_handler_timeout_answers_503_and_drops_the_late_result() {
     assert_eq!(srv.stats().handler_timeouts, 1);
 }
 
+/// A request that asked to close (`Connection: close`) and whose handler timed out:
+/// the server closes after the 503, so the 503 says `Connection: close`, as the
+/// answer it stands for would have (RFC 9112 9.6). It did not: a pipelining client
+/// could not tell that its later requests would go unanswered. Found by the
+/// simulation (a drain, which closes the same way, then a handler timeout).
+#[test]
+fn a_timeout_answer_before_a_close_says_connection_close() {
+    let b = Arc::new(Behaviour::default());
+    let gated = b.clone();
+    let service = move |r: HttpRequest| {
+        gated.gate.wait();
+        r
+    };
+    let cfg = Config {
+        handler_timeout: Duration::from_millis(200),
+        ..config(2)
+    };
+    let srv = InProcess::start_with(&cfg, Pooled::new(HttpCodec::default(), service)).unwrap();
+    let c = connect(srv.local_addr());
+    let mut r = BufReader::new(c.try_clone().unwrap());
+    (&c).write_all(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let answer = read_response(&mut r);
+    b.gate.open();
+    assert_eq!(answer.status, 503);
+    assert_eq!(
+        answer.headers.get("connection").map(String::as_str),
+        Some("close"),
+        "headers: {:?}",
+        answer.headers
+    );
+    // And the server does close.
+    let mut rest = Vec::new();
+    assert_eq!(r.read_to_end(&mut rest).unwrap(), 0, "{rest:?}");
+}
+
 #[test]
 fn a_result_for_a_closed_connection_is_dropped_and_never_reaches_the_one_that_took_its_slot() {
     let b = Arc::new(Behaviour::default());

@@ -159,7 +159,9 @@ impl<H: Handler> ConnIo<H> {
         };
         self.stats
             .record_latency(self.now.saturating_sub(slot.since), 1);
-        let cx = Cx::new(&self.clock);
+        let mut cx = Cx::new(&self.clock);
+        // The connection closes after this answer: a failure answer must say so.
+        cx.draining = conn.stage == Stage::Closing && jobs.is_last(&slot);
         let encode = |out: &mut BytesMut| match c.result {
             Ok(answer) => self.handler.encode(answer, out, &cx),
             Err(()) => {
@@ -190,18 +192,21 @@ impl<H: Handler> ConnIo<H> {
     /// The handler timeout: jobs in flight longer than it are answered with a failure
     /// now, and their late results will be dropped.
     pub fn expire_jobs(&mut self, conn: &mut Conn<H::State>) {
+        let closing = conn.stage == Stage::Closing;
         let Some(busy) = conn.busy.as_deref_mut() else {
             return;
         };
         let (Some(jobs), Some(limit)) = (busy.jobs.as_mut(), self.set.timeouts.handler) else {
             return;
         };
-        let cx = Cx::new(&self.clock);
+        let mut cx = Cx::new(&self.clock);
         let pool = &mut self.pool;
         let handler = &self.handler;
         let (stats, now) = (&mut self.stats, self.now);
-        let n = jobs.expire(now.saturating_sub(limit), |since| {
+        let n = jobs.expire(now.saturating_sub(limit), |since, last| {
             stats.record_latency(now.saturating_sub(since), 1);
+            // The connection closes after this answer: a failure answer must say so.
+            cx.draining = closing && last;
             let mut b = pool.get();
             handler.encode_failure(Failure::TimedOut, &mut b, &cx);
             b

@@ -111,6 +111,10 @@ pub(crate) struct ConnIo<H: Handler> {
     pub stats: Counters,
     /// Connections to drive again this turn (read budget used up, room freed).
     pub requeue: Vec<usize>,
+    /// Reading is stopped shard-wide (a memory budget): no socket is read, and a
+    /// connection that would have read waits in `parked` until reading resumes.
+    pub paused: bool,
+    pub parked: Vec<usize>,
     pub draining: bool,
     pub offload: Option<Offload<H>>,
     /// Client addresses learnt from PROXY headers this turn, for the shard's
@@ -139,6 +143,8 @@ impl<H: Handler> ConnIo<H> {
             now: 0,
             stats: Counters::default(),
             requeue: Vec::new(),
+            paused: false,
+            parked: Vec::new(),
             draining: false,
             offload: None,
             proxied: Vec::new(),
@@ -161,6 +167,11 @@ impl<H: Handler> ConnIo<H> {
         key: usize,
         read_to_block: bool,
     ) -> Result<(), Close> {
+        if self.paused && matches!(conn.stage, Stage::Lingering | Stage::Proxy) {
+            // These stages only read.
+            self.parked.push(key);
+            return Ok(());
+        }
         if conn.stage == Stage::Lingering {
             return self.linger(sock, key);
         }
@@ -205,6 +216,11 @@ impl<H: Handler> ConnIo<H> {
             }
             if conn.has(PEER_EOF) {
                 read_dry = true;
+                break;
+            }
+            if self.paused {
+                // Bytes may wait in the socket: driven again when reading resumes.
+                self.parked.push(key);
                 break;
             }
             let Read {

@@ -114,6 +114,17 @@ pub(crate) trait Core {
     fn driver_counts(&mut self, rejected: u64, fd_errors: u64);
     /// The loop ends: the final counters are published.
     fn finish(&mut self);
+    /// Stop reading every connection of the shard (a process-wide memory budget is
+    /// spent): answers already decoded still go out, jobs still complete, timers
+    /// still fire (a pause is meant to be short); no socket is read, not even to
+    /// discard a lingering peer's bytes, until [`resume_reading`](Core::resume_reading).
+    /// A drain resumes reading: requests in flight must be served.
+    #[cfg_attr(not(test), allow(dead_code))] // the memory budget's; the simulation's now
+    fn pause_reading(&mut self);
+    /// Read again: every connection that had something to read while paused is
+    /// driven now.
+    #[cfg_attr(not(test), allow(dead_code))]
+    fn resume_reading<S: Sockets>(&mut self, sockets: &mut S);
 }
 
 pub(crate) struct Shard<H: Handler> {
@@ -499,6 +510,9 @@ impl<H: Handler> Core for Shard<H> {
 
     fn drain<S: Sockets>(&mut self, sockets: &mut S) {
         self.io.draining = true;
+        if self.io.paused {
+            self.resume_reading(sockets);
+        }
         self.drain_deadline = Some(self.io.now + self.io.set.drain_ms);
         // Drive every connection once more before judging it idle: a request whose
         // bytes arrived with the signal is served, not dropped. `drive` closes what is
@@ -539,6 +553,24 @@ impl<H: Handler> Core for Shard<H> {
 
     fn finish(&mut self) {
         self.publish(true);
+    }
+
+    fn pause_reading(&mut self) {
+        if !self.io.draining {
+            self.io.paused = true;
+        }
+    }
+
+    fn resume_reading<S: Sockets>(&mut self, sockets: &mut S) {
+        self.io.paused = false;
+        let mut parked = std::mem::take(&mut self.io.parked);
+        parked.sort_unstable();
+        parked.dedup();
+        for key in parked {
+            // A key closed since, or reused by a connection that never read, is
+            // driven harmlessly: a drive with nothing to read does nothing.
+            self.drive(sockets, key);
+        }
     }
 }
 

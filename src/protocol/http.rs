@@ -180,6 +180,8 @@ const H417: &[u8] = b"HTTP/1.1 417 Expectation Failed\r\nContent-Type: text/plai
 const H431: &[u8] = b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Type: text/plain\r\nContent-Length: 32\r\nConnection: close\r\n\r\nRequest Header Fields Too Large\n";
 const H500: &[u8] = b"HTTP/1.1 500 Internal Server Error\r\nContent-Type: text/plain\r\nContent-Length: 22\r\n\r\nInternal Server Error\n";
 const H503: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 20\r\n\r\nService Unavailable\n";
+const H500_CLOSE: &[u8] = b"HTTP/1.1 500 Internal Server Error\r\nContent-Type: text/plain\r\nContent-Length: 22\r\nConnection: close\r\n\r\nInternal Server Error\n";
+const H503_CLOSE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 20\r\nConnection: close\r\n\r\nService Unavailable\n";
 const H501: &[u8] = b"HTTP/1.1 501 Not Implemented\r\nContent-Type: text/plain\r\nContent-Length: 16\r\nConnection: close\r\n\r\nNot Implemented\n";
 
 fn respond(out: &mut BytesMut, cx: &Cx, r: Reply) {
@@ -354,10 +356,14 @@ impl Codec for HttpCodec {
         respond(out, cx, r.0)
     }
 
-    fn encode_failure(&self, f: Failure, out: &mut BytesMut, _: &Cx) {
-        out.extend_from_slice(match f {
-            Failure::Panicked => H500,
-            Failure::TimedOut => H503,
+    fn encode_failure(&self, f: Failure, out: &mut BytesMut, cx: &Cx) {
+        // The connection closes after this answer (the request asked for it, or a
+        // drain): say so, as the answer the service would have given would have.
+        out.extend_from_slice(match (f, cx.draining) {
+            (Failure::Panicked, false) => H500,
+            (Failure::TimedOut, false) => H503,
+            (Failure::Panicked, true) => H500_CLOSE,
+            (Failure::TimedOut, true) => H503_CLOSE,
         });
     }
 

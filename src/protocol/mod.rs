@@ -95,7 +95,9 @@ pub struct Cx<'a> {
     /// Answer at most this many requests in this call (1 when answers are delayed).
     pub max_requests: usize,
     /// The server is draining: a protocol with keep-alive should answer this request
-    /// with a close (HTTP `Connection: close`) and return [`Next::Close`].
+    /// with a close (HTTP `Connection: close`) and return [`Next::Close`]. For a
+    /// failure answer ([`Codec::encode_failure`](crate::service::Codec::encode_failure)):
+    /// the connection closes after it, and the answer should say so.
     pub draining: bool,
 }
 

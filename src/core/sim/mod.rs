@@ -114,6 +114,7 @@ struct Tally {
     conns: usize,
     requests: u64,
     answers: u64,
+    pauses: u64,
 }
 
 /// The pool's "other shard": places it holds, taken and given back at the pool's
@@ -464,11 +465,21 @@ impl<H: Handler> Sim<H> {
         }
     }
 
+    fn resume(&mut self) {
+        if self.net.paused {
+            self.net.paused = false;
+            trace(self.now, 0, format_args!("reading resumed"));
+            self.shard.resume_reading(&mut self.net);
+        }
+    }
+
     fn drain(&mut self) {
         if self.drained {
             return;
         }
         self.drained = true;
+        // The drain resumes reading itself.
+        self.net.paused = false;
         self.shared
             .shutdown
             .store(true, std::sync::atomic::Ordering::Release);
@@ -525,7 +536,23 @@ impl<H: Handler> Sim<H> {
                     self.shard.ready(&mut self.net, k, block);
                 }
             }
-            84..=90 => {
+            90 => {
+                // A memory budget spent, then given back: stop and resume reading.
+                if self.net.paused {
+                    self.resume();
+                } else if self.rng.chance(2) {
+                    self.shard.pause_reading();
+                    // A draining shard does not stop reading.
+                    self.net.paused = !self.shard.io.draining;
+                    self.tally.pauses += u64::from(self.net.paused);
+                    trace(
+                        self.now,
+                        0,
+                        format_args!("reading paused {}", self.net.paused),
+                    );
+                }
+            }
+            84..=89 => {
                 let ms = if self.rng.chance(20) {
                     1 + self.rng.below(5000) as u64
                 } else {
@@ -694,6 +721,7 @@ impl<H: Handler> Sim<H> {
     /// shard lets go; time moves in small steps (no timeout fires). Then nothing may be
     /// owed: an answer still missing is a connection stuck for good.
     fn quiesce(&mut self) -> Result<(), String> {
+        self.resume();
         // The clients now read as fast as anything comes.
         for p in self.net.pipes.iter_mut().flatten() {
             p.cap = p.cap.max(1 << 20);
@@ -933,6 +961,7 @@ fn simulation_of_the_connection_core() {
                 total.conns += t.conns;
                 total.requests += t.requests;
                 total.answers += t.answers;
+                total.pauses += t.pauses;
             }
             Err((sc, e)) if !all => panic!(
                 "simulation failed at seed {seed} (the {}th; replay with \
@@ -954,12 +983,13 @@ fn simulation_of_the_connection_core() {
     let secs = start.elapsed().as_secs_f64();
     eprintln!(
         "simulation: {} seeds in {secs:.1} s ({:.0} seeds/s): {} steps, {} connections, \
-         {} requests, {} answers checked",
+         {} requests, {} answers checked, reading paused {} times",
         seeds.len(),
         seeds.len() as f64 / secs,
         total.steps,
         total.conns,
         total.requests,
-        total.answers
+        total.answers,
+        total.pauses
     );
 }

@@ -89,6 +89,8 @@ pub(super) struct Net {
     /// Pipes the core closed this step, with their keys.
     pub closed: Vec<(usize, Pipe)>,
     pub violation: Option<String>,
+    /// The shard was told to stop reading: no socket may be read.
+    pub paused: bool,
 }
 
 impl Net {
@@ -110,10 +112,15 @@ impl Net {
 pub(super) struct SimSock<'a> {
     pipe: &'a mut Pipe,
     violation: &'a mut Option<String>,
+    paused: bool,
 }
 
 impl Socket for SimSock<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.paused {
+            self.violation
+                .get_or_insert_with(|| "a read while reading is paused".to_string());
+        }
         let p = &mut *self.pipe;
         if p.reset {
             return Err(io::ErrorKind::ConnectionReset.into());
@@ -181,10 +188,17 @@ impl Sockets for Net {
 
     fn get(&mut self, key: usize, _: u32) -> Option<SimSock<'_>> {
         let Net {
-            pipes, violation, ..
+            pipes,
+            violation,
+            paused,
+            ..
         } = self;
         match pipes.get_mut(key).and_then(|p| p.as_mut()) {
-            Some(pipe) => Some(SimSock { pipe, violation }),
+            Some(pipe) => Some(SimSock {
+                pipe,
+                violation,
+                paused: *paused,
+            }),
             None => {
                 violation.get_or_insert_with(|| format!("the core used closed key {key}"));
                 None
