@@ -131,13 +131,7 @@ fn haproxy_with_send_proxy_v2_in_front_of_two_instances() {
     let cfg_path = dir.join("haproxy.cfg");
     std::fs::write(&cfg_path, &cfg).unwrap();
     let ha = Haproxy {
-        child: Command::new("haproxy")
-            .args(["-db", "-f"])
-            .arg(&cfg_path)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start haproxy"),
+        child: start_haproxy(&cfg_path),
         stats,
     };
     ha.wait_status("r1", "UP");
@@ -232,6 +226,17 @@ fn haproxy_with_send_proxy_v2_in_front_of_two_instances() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// HAProxy in the foreground with the configuration at `cfg`, quiet.
+fn start_haproxy(cfg: &std::path::Path) -> std::process::Child {
+    Command::new("haproxy")
+        .args(["-db", "-f"])
+        .arg(cfg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start haproxy")
+}
+
 /// Whether something listens on 127.0.0.1:`port` (from /proc/net/tcp; no connection
 /// is made, so the proxy does not open one to its server).
 fn listening(port: u16) -> bool {
@@ -273,15 +278,7 @@ fn haproxy_tls_passthrough_with_send_proxy_v2() {
     );
     let cfg_path = dir.join("haproxy.cfg");
     std::fs::write(&cfg_path, cfg).unwrap();
-    let _ha = Killed(
-        Command::new("haproxy")
-            .args(["-db", "-f"])
-            .arg(&cfg_path)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start haproxy"),
-    );
+    let _ha = Killed(start_haproxy(&cfg_path));
     let end = Instant::now() + DEADLINE;
     while !listening(port) {
         assert!(Instant::now() < end, "haproxy never listened on {port}");

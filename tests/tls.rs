@@ -5,7 +5,7 @@ mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,113 +17,8 @@ use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
 
 type Tls = StreamOwned<ClientConnection, TcpStream>;
 
-/// A CA and a leaf certificate for localhost and 127.0.0.1 signed by it (ECDSA
-/// P-256); `cert.pem` holds the chain (leaf, then CA).
-struct Certs {
-    dir: PathBuf,
-    ca: PathBuf,
-    cert: PathBuf,
-    key: PathBuf,
-}
-
-impl Certs {
-    fn make(tag: &str) -> Certs {
-        let dir = std::env::temp_dir().join(format!("reactor-tls-{}-{tag}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let run = |args: &[&str]| {
-            let out = Command::new("openssl")
-                .args(args)
-                .current_dir(&dir)
-                .output()
-                .expect("run openssl");
-            assert!(
-                out.status.success(),
-                "openssl {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        std::fs::write(
-            dir.join("ext.cnf"),
-            "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
-        )
-        .unwrap();
-        let ec = [
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-        ];
-        let mut ca = vec!["req", "-x509"];
-        ca.extend(ec);
-        ca.extend([
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=reactor test CA",
-        ]);
-        run(&ca);
-        let mut leaf = vec!["req"];
-        leaf.extend(ec);
-        leaf.extend([
-            "-keyout",
-            "key.pem",
-            "-out",
-            "leaf.csr",
-            "-subj",
-            "/CN=localhost",
-        ]);
-        run(&leaf);
-        run(&[
-            "x509",
-            "-req",
-            "-in",
-            "leaf.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            "ext.cnf",
-            "-out",
-            "leaf.pem",
-        ]);
-        let chain = [
-            std::fs::read(dir.join("leaf.pem")).unwrap(),
-            std::fs::read(dir.join("ca.pem")).unwrap(),
-        ]
-        .concat();
-        std::fs::write(dir.join("cert.pem"), chain).unwrap();
-        Certs {
-            ca: dir.join("ca.pem"),
-            cert: dir.join("cert.pem"),
-            key: dir.join("key.pem"),
-            dir,
-        }
-    }
-
-    fn args(&self) -> String {
-        format!(
-            "--tls-cert {} --tls-key {}",
-            self.cert.display(),
-            self.key.display()
-        )
-    }
-}
-
-impl Drop for Certs {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
+/// A CA and a leaf certificate for localhost and 127.0.0.1 signed by it.
+type Certs = TestCerts;
 
 fn client_config(ca: &Path, alpn: bool) -> Arc<ClientConfig> {
     let mut roots = RootCertStore::empty();

@@ -233,9 +233,9 @@ fn a_panicking_json_handler_gets_an_error_line_and_the_stream_goes_on() {
     );
 }
 
-#[test]
-fn the_handler_timeout_answers_503_and_drops_the_late_result() {
-    let b = Arc::new(Behaviour::default());
+/// HTTP on the pool with a 200 ms handler timeout, whose first request blocks until
+/// `b.gate` opens.
+fn http_with_a_gated_first_request(b: &Arc<Behaviour>) -> InProcess {
     let gated = b.clone();
     let service = move |r: HttpRequest| {
         if gated.started.fetch_add(1, Ordering::SeqCst) == 0 {
@@ -247,7 +247,13 @@ fn the_handler_timeout_answers_503_and_drops_the_late_result() {
         handler_timeout: Duration::from_millis(200),
         ..config(2)
     };
-    let srv = InProcess::start_with(&cfg, Pooled::new(HttpCodec::default(), service)).unwrap();
+    InProcess::start_with(&cfg, Pooled::new(HttpCodec::default(), service)).unwrap()
+}
+
+#[test]
+fn the_handler_timeout_answers_503_and_drops_the_late_result() {
+    let b = Arc::new(Behaviour::default());
+    let srv = http_with_a_gated_first_request(&b);
     let c = connect(srv.local_addr());
     let mut r = BufReader::new(c.try_clone().unwrap());
     (&c).write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
@@ -275,16 +281,7 @@ fn the_handler_timeout_answers_503_and_drops_the_late_result() {
 #[test]
 fn a_timeout_answer_before_a_close_says_connection_close() {
     let b = Arc::new(Behaviour::default());
-    let gated = b.clone();
-    let service = move |r: HttpRequest| {
-        gated.gate.wait();
-        r
-    };
-    let cfg = Config {
-        handler_timeout: Duration::from_millis(200),
-        ..config(2)
-    };
-    let srv = InProcess::start_with(&cfg, Pooled::new(HttpCodec::default(), service)).unwrap();
+    let srv = http_with_a_gated_first_request(&b);
     let c = connect(srv.local_addr());
     let mut r = BufReader::new(c.try_clone().unwrap());
     (&c).write_all(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
