@@ -95,6 +95,19 @@ pub(crate) enum Close {
     Decoder,
 }
 
+/// What became of bytes pushed to a connection ([`Core::push`](super::Core::push)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(not(test), allow(dead_code))] // the connection hooks' to come; the simulation's now
+pub(crate) enum Pushed {
+    /// Placed behind every answer already placed; they go out in that order.
+    Queued,
+    /// The connection's output is at its high-water mark: try again later.
+    Full,
+    /// Not now or never: no such connection, or it is not serving (its PROXY header
+    /// or TLS handshake still to come, or it is closing).
+    Refused,
+}
+
 pub(crate) struct ConnIo<H: Handler> {
     pub handler: Arc<H>,
     pub set: Settings,
@@ -307,6 +320,27 @@ impl<H: Handler> ConnIo<H> {
             return Err(Close::Normal);
         }
         Ok(())
+    }
+
+    /// Places pushed bytes at the end of the output: after every answer already
+    /// placed (answers are placed whole, so a push never splits one), before the
+    /// answers of jobs still running. The caller drives the connection to send them.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub fn place_push(&mut self, conn: &mut Conn<H::State>, bytes: &[u8]) -> Pushed {
+        if conn.stage != Stage::Serving || conn.tls().is_some_and(|t| t.handshaking) {
+            return Pushed::Refused;
+        }
+        if conn.backlog() >= self.set.high_water {
+            return Pushed::Full;
+        }
+        if !bytes.is_empty() {
+            let pool = &mut self.pool;
+            conn.busy()
+                .output
+                .get_or_insert_with(|| pool.get())
+                .extend_from_slice(bytes);
+        }
+        Pushed::Queued
     }
 
     /// A quiet connection that has not sent a request yet may have been accepted just

@@ -50,7 +50,7 @@ pub(crate) use conn::Timeouts;
 use conn::*;
 use dispatch::Offload;
 use drive::ConnIo;
-pub(crate) use drive::{Close, Settings};
+pub(crate) use drive::{Close, Pushed, Settings};
 pub use socket::{Peer, Socket, Sockets};
 
 use crate::jobs::{Completion, Inbox};
@@ -125,6 +125,11 @@ pub(crate) trait Core {
     /// driven now.
     #[cfg_attr(not(test), allow(dead_code))]
     fn resume_reading<S: Sockets>(&mut self, sockets: &mut S);
+    /// Bytes for a connection that did not come from its own input (a push: from a
+    /// hook, or from another thread through the shard's inbox), sent after every
+    /// answer already placed.
+    #[cfg_attr(not(test), allow(dead_code))]
+    fn push<S: Sockets>(&mut self, sockets: &mut S, key: usize, bytes: &[u8]) -> Pushed;
 }
 
 pub(crate) struct Shard<H: Handler> {
@@ -553,6 +558,19 @@ impl<H: Handler> Core for Shard<H> {
 
     fn finish(&mut self) {
         self.publish(true);
+    }
+
+    fn push<S: Sockets>(&mut self, sockets: &mut S, key: usize, bytes: &[u8]) -> Pushed {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return Pushed::Refused;
+        };
+        let placed = self.io.place_push(conn, bytes);
+        if placed == Pushed::Queued {
+            // A drive, not only a flush: the push may be what a half-closed peer's
+            // connection was waiting for before it can close.
+            self.drive(sockets, key);
+        }
+        placed
     }
 
     fn pause_reading(&mut self) {

@@ -94,6 +94,10 @@ pub(super) struct Client {
     /// the keys can leave rustls only between records.
     rx_record_left: usize,
     rx_head: Vec<u8>,
+    /// Pushes the server took for this client ([`push_frame`](Client::push_frame)),
+    /// and how many came, whole and in order.
+    pub pushes_sent: u64,
+    pub pushes_got: u64,
 }
 
 /// A TLS 1.2 ClientHello, as a handshake message (for the renegotiation).
@@ -146,6 +150,8 @@ impl Client {
             panics,
             rx_record_left: 0,
             rx_head: Vec::new(),
+            pushes_sent: 0,
+            pushes_got: 0,
         };
         c.pump_tls();
         c
@@ -178,6 +184,18 @@ impl Client {
             .iter()
             .filter(|r| r.end <= self.pushed)
             .count()
+    }
+
+    /// The next push for this client: a line no answer of the HTTP or JSON protocol
+    /// begins with (0x01), numbered, so that a lost, repeated, reordered or split
+    /// push shows.
+    pub fn push_frame(&self) -> Vec<u8> {
+        format!("\u{1}push {}\n", self.pushes_sent).into_bytes()
+    }
+
+    /// Pushes the server took and the client has not received.
+    pub fn pushes_owed(&self) -> u64 {
+        self.pushes_sent - self.pushes_got
     }
 
     /// Writes `n` requests, pipelined.
@@ -410,6 +428,23 @@ impl Client {
         loop {
             if self.inbuf.is_empty() {
                 return Ok(());
+            }
+            if self.proto != Proto::Echo && self.inbuf[0] == 1 {
+                // A push, between two answers.
+                let Some(nl) = self.inbuf.iter().position(|&b| b == b'\n') else {
+                    return Ok(());
+                };
+                let want = format!("\u{1}push {}\n", self.pushes_got);
+                if self.inbuf[..=nl] != *want.as_bytes() {
+                    return Err(format!(
+                        "{who}: push {} expected, got {:?}",
+                        self.pushes_got,
+                        String::from_utf8_lossy(&self.inbuf[..=nl])
+                    ));
+                }
+                self.inbuf.drain(..=nl);
+                self.pushes_got += 1;
+                continue;
             }
             let Some(front) = self.requests.front() else {
                 return Err(format!(

@@ -43,7 +43,7 @@ use std::time::{Duration, Instant};
 use mio::{Events, Poll, Token, Waker};
 
 use super::conn::Timeouts;
-use super::{Close, Core, Settings, Shard};
+use super::{Close, Core, Pushed, Settings, Shard};
 use crate::protocol::http::HttpCodec;
 use crate::protocol::json::{JsonCodec, JsonRequest};
 use crate::protocol::{Echo, Http, Json};
@@ -115,6 +115,7 @@ struct Tally {
     requests: u64,
     answers: u64,
     pauses: u64,
+    pushes: u64,
 }
 
 /// The pool's "other shard": places it holds, taken and given back at the pool's
@@ -513,9 +514,25 @@ impl<H: Handler> Sim<H> {
                     }
                 }
             }
-            56..=77 => {
+            56..=75 => {
                 if let Some(k) = self.any_client() {
                     self.read(k, false)?;
+                }
+            }
+            76..=77 => {
+                // A push: bytes for a client that did not come from its requests (echo
+                // has no framing to tell them from an answer).
+                if self.sc.proto != Proto::Echo
+                    && let Some(k) = self.any_client()
+                {
+                    let c = self.clients.get_mut(&k).expect("a client");
+                    let frame = c.push_frame();
+                    let got = self.shard.push(&mut self.net, k, &frame);
+                    trace(self.now, k, format_args!("push {}: {got:?}", c.pushes_sent));
+                    if got == Pushed::Queued {
+                        c.pushes_sent += 1;
+                        self.tally.pushes += 1;
+                    }
                 }
             }
             78..=79 => {
@@ -755,6 +772,14 @@ impl<H: Handler> Sim<H> {
             }
         }
         for (key, c) in &self.clients {
+            if !c.reset && !c.gone && c.pushes_owed() > 0 {
+                return Err(format!(
+                    "client {} (key {key}): {} of {} pushes never came",
+                    c.id,
+                    c.pushes_owed(),
+                    c.pushes_sent
+                ));
+            }
             if c.reset || c.gone || c.told_close {
                 continue;
             }
@@ -869,6 +894,14 @@ fn judge(c: &Client, why: Close) -> Result<(), String> {
     }
     match why {
         Close::Normal => {
+            if c.pushes_owed() > 0 {
+                return Err(format!(
+                    "{who}: closed normally (fin={}) with {} of {} pushes not delivered",
+                    c.fin,
+                    c.pushes_owed(),
+                    c.pushes_sent
+                ));
+            }
             if c.owed() > 0 && !c.told_close {
                 return Err(format!(
                     "{who}: closed normally (fin={}) owing {} answers to requests it \
@@ -962,6 +995,7 @@ fn simulation_of_the_connection_core() {
                 total.requests += t.requests;
                 total.answers += t.answers;
                 total.pauses += t.pauses;
+                total.pushes += t.pushes;
             }
             Err((sc, e)) if !all => panic!(
                 "simulation failed at seed {seed} (the {}th; replay with \
@@ -983,13 +1017,14 @@ fn simulation_of_the_connection_core() {
     let secs = start.elapsed().as_secs_f64();
     eprintln!(
         "simulation: {} seeds in {secs:.1} s ({:.0} seeds/s): {} steps, {} connections, \
-         {} requests, {} answers checked, reading paused {} times",
+         {} requests, {} answers checked, {} pushes, reading paused {} times",
         seeds.len(),
         seeds.len() as f64 / secs,
         total.steps,
         total.conns,
         total.requests,
         total.answers,
+        total.pushes,
         total.pauses
     );
 }
