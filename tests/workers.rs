@@ -300,6 +300,38 @@ fn a_timeout_answer_before_a_close_says_connection_close() {
     assert_eq!(r.read_to_end(&mut rest).unwrap(), 0, "{rest:?}");
 }
 
+/// A HEAD request whose handler timed out: its 503 has no body (an answer to HEAD
+/// never has one), so the next answer on the connection is read as an answer. It had
+/// one ("Service Unavailable"), which the client took for the start of the next
+/// answer.
+#[test]
+fn a_timeout_answer_to_head_has_no_body() {
+    let b = Arc::new(Behaviour::default());
+    let srv = http_with_a_gated_first_request(&b);
+    let mut c = connect(srv.local_addr());
+    c.set_read_timeout(Some(DEADLINE)).unwrap();
+    (&c).write_all(b"HEAD / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
+    // The head of the 503 (no body may follow it).
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(c.read(&mut byte).unwrap(), 1, "the 503's head: {head:?}");
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 503 "), "{head:?}");
+    b.gate.open();
+    (&c).write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
+    let mut r = BufReader::new(c);
+    let mut status = String::new();
+    r.read_line(&mut status).unwrap();
+    assert!(
+        status.starts_with("HTTP/1.1 200 "),
+        "the next answer begins with its status line: {status:?}"
+    );
+}
+
 #[test]
 fn a_result_for_a_closed_connection_is_dropped_and_never_reaches_the_one_that_took_its_slot() {
     let b = Arc::new(Behaviour::default());

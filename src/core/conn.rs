@@ -32,6 +32,9 @@ pub const IN_REQUEST: u8 = 16;
 pub const SERVED: u8 = 32;
 /// A peer not trusted to send a PROXY header: its first bytes are checked for one.
 pub const SPOOF_CHECK: u8 = 64;
+/// Reading is paused and the connection waits in the shard's list to be driven on
+/// resume (listed once however many events come).
+pub const PARKED: u8 = 128;
 
 /// Where a connection is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

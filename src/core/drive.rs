@@ -182,7 +182,7 @@ impl<H: Handler> ConnIo<H> {
     ) -> Result<(), Close> {
         if self.paused && matches!(conn.stage, Stage::Lingering | Stage::Proxy) {
             // These stages only read.
-            self.parked.push(key);
+            self.park(conn, key);
             return Ok(());
         }
         if conn.stage == Stage::Lingering {
@@ -233,7 +233,7 @@ impl<H: Handler> ConnIo<H> {
             }
             if self.paused {
                 // Bytes may wait in the socket: driven again when reading resumes.
-                self.parked.push(key);
+                self.park(conn, key);
                 break;
             }
             let Read {
@@ -306,6 +306,11 @@ impl<H: Handler> ConnIo<H> {
             sock.shutdown_write();
             conn.stage = Stage::Lingering;
             conn.since = Stamp::at(self.now);
+            if self.paused {
+                // The linger reads: not while reading is paused.
+                self.park(conn, key);
+                return Ok(());
+            }
             return self.linger(sock, key);
         }
         if conn.has(PEER_EOF)
@@ -320,6 +325,14 @@ impl<H: Handler> ConnIo<H> {
             return Err(Close::Normal);
         }
         Ok(())
+    }
+
+    /// Reading is paused: the connection is driven again on resume.
+    pub fn park(&mut self, conn: &mut Conn<H::State>, key: usize) {
+        if !conn.has(PARKED) {
+            conn.set(PARKED, true);
+            self.parked.push(key);
+        }
     }
 
     /// Places pushed bytes at the end of the output: after every answer already

@@ -116,8 +116,10 @@ pub(crate) trait Core {
     fn finish(&mut self);
     /// Stop reading every connection of the shard (a process-wide memory budget is
     /// spent): answers already decoded still go out, jobs still complete, timers
-    /// still fire (a pause is meant to be short); no socket is read, not even to
-    /// discard a lingering peer's bytes, until [`resume_reading`](Core::resume_reading).
+    /// fire, except those that would blame the peer for bytes we are not reading
+    /// (idle, read, PROXY header, linger), which wait for the resume; no socket is
+    /// read, not even to discard a lingering peer's bytes, until
+    /// [`resume_reading`](Core::resume_reading).
     /// A drain resumes reading: requests in flight must be served.
     #[cfg_attr(not(test), allow(dead_code))] // the memory budget's; the simulation's now
     fn pause_reading(&mut self);
@@ -271,6 +273,17 @@ impl<H: Handler> Shard<H> {
             if conn.jobs_deadline(&timeouts).is_some_and(|d| d <= now) {
                 self.io.expire_jobs(conn);
                 self.drive(sockets, key);
+                continue;
+            }
+            if self.io.paused
+                && matches!(
+                    conn.phase(),
+                    Phase::Proxy | Phase::Linger | Phase::Reading | Phase::Idle
+                )
+            {
+                // A deadline for the peer's bytes, which may be waiting unread while
+                // reading is paused: judged when reading resumes, after a read.
+                self.io.park(conn, key);
                 continue;
             }
             let why = match conn.phase() {
@@ -587,6 +600,9 @@ impl<H: Handler> Core for Shard<H> {
         for key in parked {
             // A key closed since, or reused by a connection that never read, is
             // driven harmlessly: a drive with nothing to read does nothing.
+            if let Some(conn) = self.conns.get_mut(key) {
+                conn.set(PARKED, false);
+            }
             self.drive(sockets, key);
         }
     }

@@ -213,7 +213,15 @@ impl Client {
                     Want::Echo(plain[start..].to_vec())
                 }
                 Proto::Http => {
-                    wire::http::encode_get("/", "sim", &mut plain);
+                    if rng.chance(40) {
+                        // The server answers it, says so, and closes: what follows it
+                        // goes unanswered.
+                        plain.extend_from_slice(
+                            b"GET / HTTP/1.1\r\nHost: sim\r\nConnection: close\r\n\r\n",
+                        );
+                    } else {
+                        wire::http::encode_get("/", "sim", &mut plain);
+                    }
                     Want::Http
                 }
                 Proto::Json => {

@@ -650,6 +650,17 @@ impl<H: Handler> Sim<H> {
         let mut pipes: HashMap<usize, Pipe> = self.net.closed.drain(..).collect();
         for (key, why) in closes {
             trace(self.now, key, format_args!("closed: {why:?}"));
+            if self.net.paused
+                && matches!(
+                    why,
+                    Close::IdleTimeout | Close::ReadTimeout | Close::Proxy(Refusal::Timeout)
+                )
+            {
+                return Err(format!(
+                    "key {key} closed for {why:?} while reading is paused: its bytes may be \
+                     waiting unread"
+                ));
+            }
             let Some(mut c) = self.clients.remove(&key) else {
                 return Err(format!("closed key {key}, which no client holds"));
             };
