@@ -5,7 +5,7 @@
 //! for all of its connections. Callers hand a request over a channel and wake the loop
 //! (once per batch); the loop writes it on a connection, matches the reply and fills
 //! the caller's [`Reply`], which a thread blocks on ([`Reply::wait`],
-//! [`Reply::wait_timeout`]) and async code `.await`s (it is a [`Future`](std::future::Future)
+//! [`Reply::wait_timeout`]) and async code `.await`s (it is a [`Future`]
 //! storing the task's waker, so no runtime is needed or assumed).
 //!
 //! - **Matching.** JSON replies are matched by `Uid` and may come in any order; a `Uid`

@@ -9,7 +9,7 @@
 //! without bound.
 //!
 //! A message that arrives in pieces is framed as they come, each byte scanned once (a
-//! [`Framer`] keeps its place between reads), and handed to serde_json once complete:
+//! `Framer` keeps its place between reads), and handed to serde_json once complete:
 //! the work is linear in its length however it is cut. The answer does not depend on
 //! the cuts either; a number or literal at the top level is complete only once a byte
 //! that cannot continue it has arrived (`12` may be the start of `123`).
@@ -41,7 +41,7 @@ impl Default for Json {
 }
 
 /// Per-connection state: where the framer is in a message that has not all arrived, and
-/// whether the rest of a line is being skipped after a syntax error. A [`Framer`] packed
+/// whether the rest of a line is being skipped after a syntax error. A `Framer` packed
 /// into 10 bytes, since every connection, idle ones included, carries one.
 #[derive(Default)]
 pub struct JsonState([u8; 10]);
