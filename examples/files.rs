@@ -19,8 +19,8 @@
 
 use std::path::{Path, PathBuf};
 
-use bytes::BytesMut;
 use clap::Parser;
+use reactor::bytes::BytesMut;
 use reactor::protocol::{Cx, Decoded, Next};
 use reactor::service::{Calls, Codec, Failure, Pooled};
 

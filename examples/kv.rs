@@ -22,8 +22,8 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use bytes::BytesMut;
 use clap::Parser;
+use reactor::bytes::BytesMut;
 use reactor::protocol::{Cx, Decoded, Next, Protocol};
 
 /// Longest command line; past it the client gets an error and a close.

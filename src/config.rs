@@ -29,7 +29,7 @@ pub enum ProtocolKind {
 
 /// reactor: a TCP server on the operating system's event loop, one loop per thread.
 #[derive(Clone, Debug, Parser)]
-#[command(name = "reactor", version, about, long_about = None)]
+#[command(name = "reactor", version, about, long_about = None, args_override_self = true)]
 pub struct Config {
     /// Address to listen on.
     #[arg(long, default_value = "0.0.0.0:8080")]
@@ -264,5 +264,25 @@ mod tests {
         assert_eq!(c.high_water, 65536);
         assert_eq!((c.workers, c.workers_max, c.max_inflight), (0, 0, 16));
         assert!(c.work.is_none());
+    }
+
+    /// The examples put their own defaults first (`--addr 127.0.0.1:7379`); an option
+    /// given again after them wins, as the documentation of every example says.
+    #[test]
+    fn an_option_given_twice_takes_the_last_value() {
+        let c = Config::try_parse_from([
+            "kv",
+            "--addr",
+            "127.0.0.1:7379",
+            "--workers",
+            "4",
+            "--addr",
+            "127.0.0.1:9999",
+            "--workers",
+            "2",
+        ])
+        .expect("an option given twice is accepted");
+        assert_eq!(c.addr, "127.0.0.1:9999".parse().unwrap());
+        assert_eq!(c.workers, 2);
     }
 }

@@ -73,5 +73,8 @@ pub mod tls;
 pub mod wire;
 pub mod workers;
 
+/// The `bytes` crate, whose `BytesMut` a protocol writes its answers into: re-exported
+/// so that a protocol needs no dependency of its own on it (`reactor::bytes::BytesMut`).
+pub use bytes;
 pub use config::{Config, ProtocolKind};
 pub use server::Server;

@@ -106,7 +106,12 @@ impl Server {
         handler: H,
         protocol: &'static str,
     ) -> io::Result<Server> {
-        let mut server = Server::start_inner(cfg, handler, "reactor")?;
+        let shown = if protocol == "custom" {
+            H::name()
+        } else {
+            protocol
+        };
+        let mut server = Server::start_inner(cfg, handler, "reactor", shown)?;
         if let Some(addr) = cfg.metrics_addr {
             let admin_cfg = Config {
                 addr,
@@ -131,7 +136,7 @@ impl Server {
                 protocol,
                 tls: server.tls.clone(),
             });
-            let admin = match Server::start_inner(&admin_cfg, admin, "admin") {
+            let admin = match Server::start_inner(&admin_cfg, admin, "admin", "http") {
                 Ok(a) => a,
                 Err(e) => {
                     // Leave nothing of the server running behind the error.
@@ -169,7 +174,13 @@ impl Server {
         self.admin.as_ref().map(|a| a.addr)
     }
 
-    fn start_inner<H: Handler>(cfg: &Config, handler: H, name: &str) -> io::Result<Server> {
+    /// `protocol`: the protocol's name in the log.
+    fn start_inner<H: Handler>(
+        cfg: &Config,
+        handler: H,
+        name: &str,
+        protocol: &str,
+    ) -> io::Result<Server> {
         let mut takeover = match &cfg.takeover {
             Some(path) if name != "admin" => Some(handover::take(path)?),
             _ => None,
@@ -183,7 +194,9 @@ impl Server {
         let pool = if H::POOLED {
             if cfg.workers == 0 {
                 return Err(invalid(
-                    "this handler runs on the worker pool: give it workers (--workers N)".into(),
+                    "this handler runs on the worker pool: set Config::workers above 0 \
+                     (--workers N on the command line)"
+                        .into(),
                 ));
             }
             Some(Pool::new(PoolConfig {
@@ -196,8 +209,9 @@ impl Server {
         } else {
             if cfg.workers > 0 {
                 warn!(
-                    "--workers {} has nothing to run: this protocol answers on the loop \
-                     (give --work for json or http)",
+                    "workers ({}, --workers) have nothing to run: this protocol answers on \
+                     the loop (the built-in json and http run on the pool with Config::work, \
+                     --work)",
                     cfg.workers
                 );
             }
@@ -218,7 +232,12 @@ impl Server {
                 )?))
             }
             (None, None) => None,
-            _ => return Err(invalid("--tls-cert and --tls-key go together".into())),
+            _ => {
+                return Err(invalid(
+                    "Config::tls_cert and Config::tls_key (--tls-cert, --tls-key) go together"
+                        .into(),
+                ));
+            }
         };
         let (soft, hard) = raise_nofile_limit()?;
         let fit = soft.saturating_sub(FD_RESERVE) as usize;
@@ -308,10 +327,9 @@ impl Server {
             format!("{name} listening on")
         };
         info!(
-            "{what} {addr}: protocol={:?} threads={threads} \
+            "{what} {addr}: protocol={protocol} threads={threads} \
              max_connections={max_conns} idle_timeout={:?} read_timeout={:?} \
              write_timeout={:?} high_water={} delay_ms={} open_files={soft} (hard {hard}){workers}{}",
-            cfg.protocol,
             cfg.idle_timeout,
             cfg.read_timeout,
             cfg.write_timeout,
@@ -381,7 +399,9 @@ impl Server {
     /// refused, logged and counted, and the one in force stays.
     pub fn reload_tls(&self) -> io::Result<()> {
         let Some(tls) = &self.tls else {
-            return Err(invalid("no TLS configured (--tls-cert)".into()));
+            return Err(invalid(
+                "no TLS configured (Config::tls_cert, --tls-cert)".into(),
+            ));
         };
         match tls.reload() {
             Ok(()) => {

@@ -13,7 +13,7 @@
 //! it like any protocol:
 //!
 //! ```no_run
-//! use bytes::BytesMut;
+//! use reactor::bytes::BytesMut;
 //! use reactor::protocol::{Cx, Decoded};
 //! use reactor::service::{Calls, Codec, Failure, Pooled};
 //!
@@ -223,6 +223,17 @@ pub trait Handler: Clone + Send + Sync + 'static {
     fn call(&self, request: Self::Request) -> Self::Response;
     fn encode(&self, response: Self::Response, out: &mut BytesMut, cx: &Cx);
     fn encode_failure(&self, failure: Failure, out: &mut BytesMut, cx: &Cx);
+    /// The protocol's name, for the log: its type's, without the module path (a
+    /// [`Pooled`] handler is named after its codec).
+    fn name() -> &'static str {
+        short_type_name(std::any::type_name::<Self>())
+    }
+}
+
+/// `a::b::Name<c::D>` -> `Name`.
+fn short_type_name(full: &'static str) -> &'static str {
+    let base = full.split('<').next().unwrap_or(full);
+    base.rsplit("::").next().unwrap_or(base)
 }
 
 impl<P: Protocol + Sync> Handler for P {
@@ -267,6 +278,10 @@ where
     type Request = C::Request;
     type Response = C::Response;
     const POOLED: bool = true;
+
+    fn name() -> &'static str {
+        short_type_name(std::any::type_name::<C>())
+    }
 
     fn decode(
         &self,
@@ -381,5 +396,18 @@ mod tests {
         c.out().extend_from_slice(b"c");
         c.call(3);
         assert_eq!(v, [(2, 1), (2, 2), (3, 3)]);
+    }
+
+    /// The log names a custom protocol after its own type (it said `protocol=Http`,
+    /// the command line's default, whatever the protocol).
+    #[test]
+    fn a_handler_is_named_after_its_protocol_or_codec() {
+        use crate::protocol::http::{Http, HttpCodec, HttpRequest};
+        assert_eq!(<Http as Handler>::name(), "Http");
+        let pooled = Pooled::new(HttpCodec::default(), |r: HttpRequest| r);
+        fn name_of<H: Handler>(_: &H) -> &'static str {
+            H::name()
+        }
+        assert_eq!(name_of(&pooled), "HttpCodec");
     }
 }

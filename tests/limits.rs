@@ -10,7 +10,7 @@ fn start_up_line_reports_address_limits_and_open_files() {
     let srv = Server::start("--protocol echo --max-connections 123");
     let line = srv.wait_for_line(|l| l.contains("listening on")).unwrap();
     for want in [
-        "protocol=Echo",
+        "protocol=echo",
         "max_connections=123",
         "idle_timeout=60s",
         "read_timeout=30s",

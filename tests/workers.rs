@@ -394,7 +394,12 @@ fn a_pooled_service_without_workers_is_refused_with_a_clear_error() {
     let err = InProcess::start_with(&config(0), Pooled::new(Lines, |s: String| s))
         .err()
         .expect("refused");
-    assert!(err.to_string().contains("--workers"), "{err}");
+    // In the library's words first, the command line's second.
+    let msg = err.to_string();
+    assert!(
+        msg.contains("Config::workers") && msg.contains("--workers"),
+        "{msg}"
+    );
 }
 
 /// Counts the threads of `pid` whose name starts with `prefix`.

@@ -5,7 +5,7 @@
 //! implementing [`Protocol`].
 //!
 //! ```
-//! use bytes::BytesMut;
+//! use reactor::bytes::BytesMut;
 //! use reactor::protocol::{Cx, Decoded, Next, Protocol};
 //!
 //! /// Answers every line with its length.
