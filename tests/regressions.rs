@@ -39,7 +39,7 @@ fn chacha_suite() -> SupportedCipherSuite {
 }
 
 fn tls12_client_config(certs: &TestCerts) -> Arc<ClientConfig> {
-    let mut provider = rustls::crypto::ring::default_provider();
+    let mut provider = reactor::tls::provider();
     provider.cipher_suites = vec![chacha_suite()];
     let mut cfg = ClientConfig::builder_with_provider(Arc::new(provider))
         .with_protocol_versions(&[&rustls::version::TLS12])
@@ -646,7 +646,7 @@ fn a_proxy_v2_header_and_a_client_hello_in_one_write_are_served() {
         "--protocol http --proxy-protocol v2 --proxy-from 127.0.0.0/8 {}",
         certs.args()
     ));
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(reactor::tls::provider());
     let cfg = Arc::new(
         ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
