@@ -76,6 +76,13 @@ pub struct Config {
     #[arg(long, default_value_t = 64 * 1024)]
     pub high_water: usize,
 
+    /// Most bytes a connection may have sent that its protocol has not consumed yet (a
+    /// request still incomplete): past it, the connection is answered what was
+    /// complete, then closed, and counted (`input_overflows`). It bounds every
+    /// protocol's memory, the built-in ones and yours.
+    #[arg(long, default_value_t = 1024 * 1024)]
+    pub max_input: usize,
+
     /// Hold every answer back this many milliseconds (on the timer wheel, never by
     /// sleeping); each connection's next request is read once its answer is out.
     #[arg(long, default_value_t = 0)]

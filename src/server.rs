@@ -263,6 +263,7 @@ impl Server {
                 proxy: cfg.proxy_timeout.as_millis() as u64,
             },
             high_water: cfg.high_water.max(1),
+            max_input: cfg.max_input.max(1),
             delay_ms: cfg.delay_ms,
             max_conns: max_conns.div_ceil(threads),
             keepalive: (cfg.keepalive_secs > 0).then(|| Duration::from_secs(cfg.keepalive_secs)),

@@ -41,6 +41,9 @@ pub struct Counters {
     /// Connections closed because their decoder panicked or reported more input
     /// consumed than it was given (a bug in a protocol; the shard goes on).
     pub decode_panics: u64,
+    /// Connections closed because they sent more than `max_input` bytes their
+    /// protocol did not consume (one request larger than any it accepts).
+    pub input_overflows: u64,
     /// Connections open now.
     pub open: u64,
     /// Pool buffers lent out now.
@@ -126,6 +129,7 @@ impl AddAssign for Counters {
         self.io_errors += o.io_errors;
         self.requests += o.requests;
         self.decode_panics += o.decode_panics;
+        self.input_overflows += o.input_overflows;
         self.bad_requests += o.bad_requests;
         self.bytes_in += o.bytes_in;
         self.bytes_out += o.bytes_out;
@@ -171,7 +175,7 @@ impl fmt::Display for Counters {
             "open={} accepted={} rejected={} closed={} requests={} bad_requests={} \
              idle_timeouts={} read_timeouts={} write_timeouts={} io_errors={} \
              accept_fd_errors={} bytes_in={} bytes_out={} buffers_lent={} cut_at_shutdown={} \
-             rejected_per_ip={} decode_panics={}",
+             rejected_per_ip={} decode_panics={} input_overflows={}",
             self.open,
             self.accepted,
             self.rejected,
@@ -189,6 +193,7 @@ impl fmt::Display for Counters {
             self.cut_at_shutdown,
             self.rejected_per_ip,
             self.decode_panics,
+            self.input_overflows,
         )?;
         let refused = self.proxy_missing
             + self.proxy_malformed

@@ -128,3 +128,65 @@ fn running_out_of_file_descriptors_does_not_spin_and_recovers() {
     let (_, stats) = srv.stop();
     assert!(stats["accept_fd_errors"] >= 1);
 }
+
+/// A line echo that consumes only whole lines: a line that never ends is held.
+#[derive(Clone)]
+struct Lines;
+
+impl reactor::protocol::Protocol for Lines {
+    type State = ();
+
+    fn decode(
+        &self,
+        _: &mut (),
+        input: &[u8],
+        out: &mut reactor::bytes::BytesMut,
+        cx: &reactor::protocol::Cx,
+    ) -> reactor::protocol::Decoded {
+        let mut d = reactor::protocol::Decoded::default();
+        while let Some(nl) = input[d.consumed..].iter().position(|&b| b == b'\n') {
+            if d.at_limit(cx, out) {
+                break;
+            }
+            out.extend_from_slice(&input[d.consumed..d.consumed + nl + 1]);
+            d.consumed += nl + 1;
+            d.requests += 1;
+        }
+        d
+    }
+}
+
+/// A protocol of the user's own has no input limit of its own: the framework's caps
+/// what a connection may send unconsumed. The whole lines before the endless one are
+/// answered, then the connection is closed cleanly and counted, and the others go on.
+/// Before the cap, a client sending 100 MiB without a newline held it all.
+#[test]
+fn unconsumed_input_past_max_input_closes_the_connection_after_its_answers() {
+    let cfg = reactor::Config {
+        addr: "127.0.0.1:0".parse().unwrap(),
+        threads: 1,
+        max_input: 64 * 1024,
+        ..reactor::Config::default()
+    };
+    let srv = reactor::Server::start_with(&cfg, Lines).expect("server starts");
+    let mut other = std::io::BufReader::new(connect(srv.local_addr()));
+    let mut big = connect(srv.local_addr());
+    let mut wire = b"one\ntwo\n".to_vec();
+    wire.extend(std::iter::repeat_n(b'x', 256 * 1024));
+    let mut w = big.try_clone().unwrap();
+    // The server stops reading at the cap and closes: the rest may be refused.
+    let writer = std::thread::spawn(move || {
+        let _ = std::io::Write::write_all(&mut w, &wire);
+    });
+    let (got, closed) = read_to_close(&mut big);
+    let _ = writer.join();
+    assert!(closed, "the connection is closed");
+    assert_eq!(got, b"one\ntwo\n", "the whole lines were answered first");
+    let c = wait_stats(&srv, |c| c.input_overflows >= 1);
+    assert_eq!(c.input_overflows, 1, "{c}");
+    // The other connection is served.
+    std::io::Write::write_all(other.get_mut(), b"still here\n").unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut other, &mut line).unwrap();
+    assert_eq!(line, "still here\n");
+}

@@ -60,6 +60,8 @@ pub(super) struct Read {
 pub(crate) struct Settings {
     pub timeouts: Timeouts,
     pub high_water: usize,
+    /// Most input a connection may hold unconsumed by its protocol.
+    pub max_input: usize,
     pub delay_ms: u64,
     pub max_conns: usize,
     pub keepalive: Option<Duration>,
@@ -517,6 +519,23 @@ impl<H: Handler> ConnIo<H> {
         );
         if d.next == Next::Close {
             conn.stage = Stage::Closing;
+        }
+        let held = conn.input().map_or(0, |b| b.len());
+        if held > self.set.max_input && conn.stage == Stage::Serving {
+            // A request larger than any the protocol would take, or a peer that never
+            // ends one: what was answered goes out, the rest is dropped, and the
+            // connection closes (cleanly, after its answers).
+            log::warn!(
+                "connection {key}: {held} bytes unconsumed by the protocol, over \
+                 max_input {}; closing it",
+                self.set.max_input
+            );
+            if let Some(b) = conn.busy.as_deref_mut().and_then(|b| b.input.take()) {
+                self.pool.put(b);
+            }
+            conn.set(DECODE_PENDING, false);
+            conn.stage = Stage::Closing;
+            self.stats.input_overflows += 1;
         }
         if d.requests > 0 {
             conn.last_active = Stamp::at(self.now);

@@ -127,7 +127,11 @@ pub trait Protocol: Clone + Send + 'static {
     /// Decodes requests from `input` and appends their responses to `out`.
     ///
     /// `input` starts at the first unconsumed byte. Bytes not consumed are offered
-    /// again, followed by new ones, on the next call.
+    /// again, followed by new ones, on the next call. The server bounds them: once a
+    /// connection holds more than [`Config::max_input`](crate::Config::max_input)
+    /// bytes unconsumed (1 MiB by default), it gets the answers already made and is
+    /// closed, so a protocol needs no input limit of its own to be safe (it may have a
+    /// tighter one, with an answer that says so).
     fn decode(&self, state: &mut Self::State, input: &[u8], out: &mut BytesMut, cx: &Cx)
     -> Decoded;
 

@@ -170,6 +170,7 @@ fn settings(sc: &Scenario) -> Settings {
             proxy: 3000,
         },
         high_water: sc.high_water,
+        max_input: usize::MAX,
         delay_ms: sc.delay_ms,
         max_conns: 1000,
         keepalive: None,
