@@ -204,7 +204,7 @@ where
 /// What the loop drives: implemented for every [`Protocol`] (all answers inline) and
 /// every [`Pooled`] codec and service. Implement [`Protocol`] or [`Codec`] rather than
 /// this.
-pub trait Handler: Clone + Send + Sync + 'static {
+pub trait Handler: sealed::Sealed + Clone + Send + Sync + 'static {
     type State: Default + Send;
     type Request: Send + 'static;
     type Response: Send + 'static;
@@ -228,6 +228,14 @@ pub trait Handler: Clone + Send + Sync + 'static {
     fn name() -> &'static str {
         short_type_name(std::any::type_name::<Self>())
     }
+}
+
+/// [`Handler`] is implemented here only, for every [`Protocol`] and every [`Pooled`]:
+/// what the loop expects of it may change without breaking a user's code.
+mod sealed {
+    pub trait Sealed {}
+    impl<P: super::Protocol + Sync> Sealed for P {}
+    impl<C, S> Sealed for super::Pooled<C, S> {}
 }
 
 /// `a::b::Name<c::D>` -> `Name`.

@@ -13,8 +13,10 @@ pub const LATENCY_BOUNDS_US: [u64; 14] = [
 ];
 const LATENCY_BUCKETS: usize = LATENCY_BOUNDS_US.len() + 1;
 
-/// What one reactor (or, summed, the server) has counted since start.
+/// What one reactor (or, summed, the server) has counted since start. More counters
+/// may come: read the fields, do not build one.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Counters {
     pub accepted: u64,
     /// Closed at once because --max-connections (or --max-connections-per-ip) was
