@@ -520,7 +520,11 @@ impl Drop for Server {
 }
 
 /// Runs a server of `cfg`'s built-in protocol until SIGINT or SIGTERM, then drains it.
-/// A second signal cuts the connections still open.
+/// A second signal cuts the connections still open; SIGHUP reloads the TLS
+/// certificate. This takes over those three signals for the process: a program that
+/// keeps them to itself starts the server with [`Server::start`] (or
+/// [`Server::start_with`]) instead, and calls [`Server::shutdown`] then
+/// [`Server::join`] when it wants the drain.
 pub fn run(cfg: &Config) -> io::Result<Counters> {
     serve(cfg, || Server::start(cfg))
 }
