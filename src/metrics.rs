@@ -215,6 +215,13 @@ impl Collector for Sources {
         )?;
         counter(
             &mut e,
+            "reactor_input_overflows",
+            "Connections closed for holding more unconsumed input than --max-input.",
+            None,
+            t.input_overflows,
+        )?;
+        counter(
+            &mut e,
             "reactor_proxy_headers",
             "PROXY protocol headers read from trusted load balancers.",
             None,

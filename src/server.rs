@@ -77,14 +77,14 @@ impl Server {
             max_message: cfg.max_message,
         };
         match (cfg.protocol, cfg.work) {
-            (ProtocolKind::Echo, None) => Server::start_labeled(cfg, Echo, "echo"),
-            (ProtocolKind::Http, None) => Server::start_labeled(cfg, http, "http"),
-            (ProtocolKind::Json, None) => Server::start_labeled(cfg, json, "json"),
+            (ProtocolKind::Echo, None) => Server::start_labeled(cfg, Echo, Some("echo")),
+            (ProtocolKind::Http, None) => Server::start_labeled(cfg, http, Some("http")),
+            (ProtocolKind::Json, None) => Server::start_labeled(cfg, json, Some("json")),
             (ProtocolKind::Http, Some(work)) => {
-                Server::start_labeled(cfg, Pooled::new(HttpCodec(http), work), "http")
+                Server::start_labeled(cfg, Pooled::new(HttpCodec(http), work), Some("http"))
             }
             (ProtocolKind::Json, Some(work)) => {
-                Server::start_labeled(cfg, Pooled::new(JsonCodec(json), work), "json")
+                Server::start_labeled(cfg, Pooled::new(JsonCodec(json), work), Some("json"))
             }
             (ProtocolKind::Echo, Some(_)) => Err(invalid(
                 "--work applies to the json and http protocols, not echo".into(),
@@ -97,21 +97,20 @@ impl Server {
     /// [`Pooled`] codec and service whose calls run on the worker pool (which then
     /// needs `cfg.workers > 0`).
     pub fn start_with<H: Handler>(cfg: &Config, handler: H) -> io::Result<Server> {
-        Server::start_labeled(cfg, handler, "custom")
+        Server::start_labeled(cfg, handler, None)
     }
 
-    /// `protocol` labels the request counters in /metrics.
+    /// `builtin`: the built-in protocol's name (`--protocol`), which labels the
+    /// request counters in /metrics and names it in the log; a protocol of the
+    /// caller's own is labelled `custom` and logged under its type's name.
     fn start_labeled<H: Handler>(
         cfg: &Config,
         handler: H,
-        protocol: &'static str,
+        builtin: Option<&'static str>,
     ) -> io::Result<Server> {
-        let shown = if protocol == "custom" {
-            H::name()
-        } else {
-            protocol
-        };
-        let mut server = Server::start_inner(cfg, handler, "reactor", shown)?;
+        let protocol = builtin.unwrap_or("custom");
+        let mut server =
+            Server::start_inner(cfg, handler, "reactor", builtin.unwrap_or_else(H::name))?;
         if let Some(addr) = cfg.metrics_addr {
             let admin_cfg = Config {
                 addr,

@@ -241,14 +241,9 @@ fn start_haproxy(cfg: &std::path::Path) -> std::process::Child {
 /// is made, so the proxy does not open one to its server).
 fn listening(port: u16) -> bool {
     let want = format!("0100007F:{port:04X}");
-    std::fs::read_to_string("/proc/net/tcp")
-        .map(|t| {
-            t.lines().skip(1).any(|l| {
-                let f: Vec<&str> = l.split_whitespace().collect();
-                f.len() > 3 && f[1] == want && f[3] == "0A"
-            })
-        })
-        .unwrap_or(false)
+    tcp_table()
+        .iter()
+        .any(|r| r.local == want && r.state == TCP_LISTEN)
 }
 
 /// The standard deployment of TLS behind a load balancer: HAProxy passes the TLS

@@ -166,6 +166,7 @@ fn unconsumed_input_past_max_input_closes_the_connection_after_its_answers() {
         addr: "127.0.0.1:0".parse().unwrap(),
         threads: 1,
         max_input: 64 * 1024,
+        metrics_addr: Some("127.0.0.1:0".parse().unwrap()),
         ..reactor::Config::default()
     };
     let srv = reactor::Server::start_with(&cfg, Lines).expect("server starts");
@@ -184,6 +185,13 @@ fn unconsumed_input_past_max_input_closes_the_connection_after_its_answers() {
     assert_eq!(got, b"one\ntwo\n", "the whole lines were answered first");
     let c = wait_stats(&srv, |c| c.input_overflows >= 1);
     assert_eq!(c.input_overflows, 1, "{c}");
+    let (_, metrics) = http_get(srv.metrics_addr().expect("metrics"), "/metrics");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "reactor_input_overflows_total 1"),
+        "{metrics}"
+    );
     // The other connection is served.
     std::io::Write::write_all(other.get_mut(), b"still here\n").unwrap();
     let mut line = String::new();

@@ -382,29 +382,13 @@ fn a_decoder_consuming_more_than_its_input_closes_its_connection_and_the_shard_g
 // ---------------------------------------------------------------------------------
 // A drain lets lingering connections finish their linger.
 
-/// One TCP socket in /proc/net/tcp: state, and bytes in its send queue.
+/// One TCP socket of this host: state, and bytes in its send queue.
 fn tcp_socket(local_port: u16, remote_port: u16) -> Option<(u8, u64)> {
-    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
-    let port = |addr: &str| {
-        addr.split(':')
-            .nth(1)
-            .and_then(|p| u16::from_str_radix(p, 16).ok())
-    };
-    table.lines().skip(1).find_map(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        if f.len() < 5 || port(f[1]) != Some(local_port) || port(f[2]) != Some(remote_port) {
-            return None;
-        }
-        let state = u8::from_str_radix(f[3], 16).ok()?;
-        let tx = f[4]
-            .split(':')
-            .next()
-            .and_then(|q| u64::from_str_radix(q, 16).ok())?;
-        Some((state, tx))
-    })
+    tcp_table()
+        .into_iter()
+        .find(|r| r.local_port == local_port && r.remote_port == remote_port)
+        .map(|r| (r.state, r.tx_queue))
 }
-
-const TCP_FIN_WAIT1: u8 = 4;
 
 /// Defect: `check_shutdown` closes every lingering connection at once when a drain
 /// starts. The linger exists so that bytes the client still sends after its last
@@ -646,14 +630,8 @@ fn a_proxy_v2_header_and_a_client_hello_in_one_write_are_served() {
         "--protocol http --proxy-protocol v2 --proxy-from 127.0.0.0/8 {}",
         certs.args()
     ));
-    let provider = Arc::new(reactor::tls::provider());
-    let cfg = Arc::new(
-        ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(certs.roots())
-            .with_no_client_auth(),
-    );
+    let cfg = reactor::tls::client_config(&reactor::tls::Trust::Ca(certs.ca.clone()), &[])
+        .expect("a client configuration");
     let mut tcp = connect(srv.local_addr());
     let mut conn = ClientConnection::new(cfg, ServerName::try_from("localhost").unwrap()).unwrap();
     let mut first = ppp::v2::Builder::with_addresses(

@@ -11,30 +11,24 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
-use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ClientConnection, StreamOwned};
 
 type Tls = StreamOwned<ClientConnection, TcpStream>;
 
 /// A CA and a leaf certificate for localhost and 127.0.0.1 signed by it.
 type Certs = TestCerts;
 
+/// The project's own client configuration (what reactor-bench and reactor-client use),
+/// trusting the test CA, offering `http/1.1` by ALPN or nothing.
 fn client_config(ca: &Path, alpn: bool) -> Arc<ClientConfig> {
-    let mut roots = RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(ca).unwrap() {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let provider = Arc::new(reactor::tls::provider());
-    let mut cfg = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    if alpn {
-        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    }
-    Arc::new(cfg)
+    let alpn = if alpn {
+        vec![b"http/1.1".to_vec()]
+    } else {
+        Vec::new()
+    };
+    reactor::tls::client_config(&reactor::tls::Trust::Ca(ca.to_path_buf()), &alpn)
+        .expect("a client configuration")
 }
 
 /// Connects and completes the handshake.

@@ -505,3 +505,48 @@ impl Drop for TestCerts {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// One IPv4 TCP socket of this host, from /proc/net/tcp.
+pub struct TcpRow {
+    /// Local address as the kernel writes it (`0100007F:1F90` is 127.0.0.1:8080).
+    pub local: String,
+    pub local_port: u16,
+    pub remote_port: u16,
+    /// The kernel's state number ([`TCP_LISTEN`], [`TCP_FIN_WAIT1`], ...).
+    pub state: u8,
+    /// Bytes in its send queue.
+    pub tx_queue: u64,
+}
+
+pub const TCP_FIN_WAIT1: u8 = 4;
+pub const TCP_LISTEN: u8 = 0x0A;
+
+/// Every IPv4 TCP socket of this host (empty if /proc/net/tcp cannot be read).
+pub fn tcp_table() -> Vec<TcpRow> {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    let hex_port = |addr: &str| {
+        addr.split(':')
+            .nth(1)
+            .and_then(|p| u16::from_str_radix(p, 16).ok())
+    };
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            if f.len() < 5 {
+                return None;
+            }
+            Some(TcpRow {
+                local: f[1].to_string(),
+                local_port: hex_port(f[1])?,
+                remote_port: hex_port(f[2])?,
+                state: u8::from_str_radix(f[3], 16).ok()?,
+                tx_queue: f[4]
+                    .split(':')
+                    .next()
+                    .and_then(|q| u64::from_str_radix(q, 16).ok())?,
+            })
+        })
+        .collect()
+}
