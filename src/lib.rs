@@ -55,6 +55,7 @@ pub mod buffer;
 pub mod client;
 pub mod clock;
 pub mod config;
+pub mod connection;
 mod core;
 mod driver;
 pub mod handover;

@@ -222,6 +222,27 @@ impl Collector for Sources {
         )?;
         counter(
             &mut e,
+            "reactor_pushes",
+            "Pushes placed on their connection's output.",
+            None,
+            t.pushes,
+        )?;
+        counter(
+            &mut e,
+            "reactor_pushes_refused",
+            "Pushes refused: the connection was over --high-water, closing or gone.",
+            None,
+            t.pushes_refused,
+        )?;
+        counter(
+            &mut e,
+            "reactor_refused_by_protocol",
+            "Connections the protocol's open hook refused.",
+            None,
+            t.refused_by_protocol,
+        )?;
+        counter(
+            &mut e,
             "reactor_proxy_headers",
             "PROXY protocol headers read from trusted load balancers.",
             None,

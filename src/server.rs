@@ -15,6 +15,7 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 
 use crate::config::{Config, ProtocolKind};
+use crate::connection::{PushBox, Pusher};
 use crate::core::{Settings, Shard, Timeouts};
 use crate::driver::epoll::{Driver, WAKER};
 use crate::handover;
@@ -30,6 +31,8 @@ use crate::workers::{Pool, PoolConfig};
 
 /// Descriptors kept back from --max-connections for listeners, logs and the like.
 const FD_RESERVE: u64 = 32;
+/// A shard's push inbox holds at most this many times the high-water mark.
+const PUSH_INBOX_MARKS: usize = 64;
 /// How long a stopped server waits for jobs still running on its workers.
 const POOL_STOP_WAIT: Duration = Duration::from_secs(1);
 
@@ -53,6 +56,7 @@ pub struct Server {
     takeover: Option<std::os::unix::net::UnixStream>,
     /// With --tls-cert: the certificate in force, for reloads.
     tls: Option<Arc<TlsShared>>,
+    pusher: Pusher,
 }
 
 fn ms(d: Duration) -> Option<u64> {
@@ -306,11 +310,18 @@ impl Server {
             Vec::new()
         };
         let mut parts = Vec::with_capacity(threads);
+        let mut inboxes = Vec::with_capacity(threads);
         for listener in listeners.drain(..) {
             let poll = Poll::new()?;
             let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
-            parts.push((poll, listener, waker));
+            let inbox = Arc::new(PushBox::new(
+                set.high_water.saturating_mul(PUSH_INBOX_MARKS),
+                waker.clone(),
+            ));
+            inboxes.push(inbox.clone());
+            parts.push((poll, listener, waker, inbox));
         }
+        let pusher = Pusher::new(inboxes);
         let workers = match &pool {
             Some(p) => {
                 let c = p.config();
@@ -348,17 +359,19 @@ impl Server {
             listener_fds: Mutex::new(listener_fds),
             takeover: None,
             tls,
+            pusher: pusher.clone(),
         };
         // Everything that can fail is done before the first thread starts: binding,
         // polls, wakers, and each shard's registration.
         let mut shards = Vec::with_capacity(threads);
-        for (id, (poll, listener, waker)) in parts.into_iter().enumerate() {
+        for (id, (poll, listener, waker, inbox)) in parts.into_iter().enumerate() {
             let core = Shard::new(
                 id,
                 handler.clone(),
                 set.clone(),
                 shared.clone(),
                 pool.clone().map(|p| (p, waker.clone())),
+                Some((pusher.clone(), inbox)),
             );
             let shard = Driver::new(id, poll, listener, core, set.keepalive)?;
             shards.push((id, shard, waker));
@@ -384,6 +397,12 @@ impl Server {
         }
         server.takeover = takeover.map(|(_, stream)| stream);
         Ok(server)
+    }
+
+    /// A handle that writes to any of this server's connections from any thread (see
+    /// [`connection`](crate::connection)).
+    pub fn pusher(&self) -> Pusher {
+        self.pusher.clone()
     }
 
     /// The listening sockets, to hand over to a successor.

@@ -69,6 +69,7 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 
+use crate::connection::{Closed, ConnId, ConnInfo};
 use crate::protocol::{Cx, Decoded, Protocol};
 
 /// Why a request got no answer from its service.
@@ -153,6 +154,17 @@ pub trait Codec: Clone + Send + 'static {
     fn in_request(&self, _state: &Self::State) -> bool {
         false
     }
+
+    /// The connection opened (see [`Protocol::open`]).
+    fn open(&self, _state: &mut Self::State, _conn: &ConnInfo, _out: &mut BytesMut, _cx: &Cx) -> bool {
+        true
+    }
+
+    /// The connection closed (see [`Protocol::close`]).
+    fn close(&self, _state: &mut Self::State, _conn: ConnId, _why: Closed) {}
+
+    /// A timer is due (see [`Protocol::timer`]).
+    fn timer(&self, _state: &mut Self::State, _out: &mut BytesMut, _cx: &Cx) {}
 }
 
 /// Work that may block: run on a worker thread, once per request.
@@ -219,6 +231,9 @@ pub trait Handler: sealed::Sealed + Clone + Send + Sync + 'static {
         cx: &Cx,
     ) -> Decoded;
     fn in_request(&self, state: &Self::State) -> bool;
+    fn open(&self, state: &mut Self::State, conn: &ConnInfo, out: &mut BytesMut, cx: &Cx) -> bool;
+    fn close(&self, state: &mut Self::State, conn: ConnId, why: Closed);
+    fn timer(&self, state: &mut Self::State, out: &mut BytesMut, cx: &Cx);
     /// Runs on a worker.
     fn call(&self, request: Self::Request) -> Self::Response;
     fn encode(&self, response: Self::Response, out: &mut BytesMut, cx: &Cx);
@@ -266,6 +281,20 @@ impl<P: Protocol + Sync> Handler for P {
         Protocol::in_request(self, state)
     }
 
+    #[inline]
+    fn open(&self, state: &mut P::State, conn: &ConnInfo, out: &mut BytesMut, cx: &Cx) -> bool {
+        Protocol::open(self, state, conn, out, cx)
+    }
+
+    #[inline]
+    fn close(&self, state: &mut P::State, conn: ConnId, why: Closed) {
+        Protocol::close(self, state, conn, why)
+    }
+
+    fn timer(&self, state: &mut P::State, out: &mut BytesMut, cx: &Cx) {
+        Protocol::timer(self, state, out, cx)
+    }
+
     fn call(&self, request: Infallible) -> Infallible {
         match request {}
     }
@@ -303,6 +332,18 @@ where
 
     fn in_request(&self, state: &C::State) -> bool {
         self.codec.in_request(state)
+    }
+
+    fn open(&self, state: &mut C::State, conn: &ConnInfo, out: &mut BytesMut, cx: &Cx) -> bool {
+        self.codec.open(state, conn, out, cx)
+    }
+
+    fn close(&self, state: &mut C::State, conn: ConnId, why: Closed) {
+        self.codec.close(state, conn, why)
+    }
+
+    fn timer(&self, state: &mut C::State, out: &mut BytesMut, cx: &Cx) {
+        self.codec.timer(state, out, cx)
     }
 
     fn call(&self, request: C::Request) -> C::Response {

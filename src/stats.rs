@@ -46,6 +46,13 @@ pub struct Counters {
     /// Connections closed because they sent more than `max_input` bytes their
     /// protocol did not consume (one request larger than any it accepts).
     pub input_overflows: u64,
+    /// Connections the protocol's `open` hook refused.
+    pub refused_by_protocol: u64,
+    /// Pushes placed on their connection's output.
+    pub pushes: u64,
+    /// Pushes refused at their shard: the connection was over its high-water mark,
+    /// closing, or gone.
+    pub pushes_refused: u64,
     /// Connections open now.
     pub open: u64,
     /// Pool buffers lent out now.
@@ -132,6 +139,9 @@ impl AddAssign for Counters {
         self.requests += o.requests;
         self.decode_panics += o.decode_panics;
         self.input_overflows += o.input_overflows;
+        self.refused_by_protocol += o.refused_by_protocol;
+        self.pushes += o.pushes;
+        self.pushes_refused += o.pushes_refused;
         self.bad_requests += o.bad_requests;
         self.bytes_in += o.bytes_in;
         self.bytes_out += o.bytes_out;
@@ -197,6 +207,13 @@ impl fmt::Display for Counters {
             self.decode_panics,
             self.input_overflows,
         )?;
+        if self.pushes + self.pushes_refused + self.refused_by_protocol > 0 {
+            write!(
+                f,
+                " pushes={} pushes_refused={} refused_by_protocol={}",
+                self.pushes, self.pushes_refused, self.refused_by_protocol
+            )?;
+        }
         let refused = self.proxy_missing
             + self.proxy_malformed
             + self.proxy_oversized

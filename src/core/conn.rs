@@ -13,6 +13,8 @@
 //! `DECODE_PENDING`, `IN_REQUEST`), and which deadline applies follows from the
 //! connection's contents ([`Phase`]).
 
+use std::net::SocketAddr;
+
 use bytes::BytesMut;
 
 use crate::jobs::Jobs;
@@ -26,6 +28,8 @@ pub const PEER_EOF: u8 = 2;
 /// Buffered input may hold complete requests not yet decoded (a limit stopped the
 /// decoder).
 pub const DECODE_PENDING: u8 = 4;
+/// The protocol's `open` hook accepted the connection: its `close` hook is owed.
+pub const OPENED: u8 = 8;
 /// A request has started and is not complete: the read timeout applies.
 pub const IN_REQUEST: u8 = 16;
 /// At least one request was decoded (a drain need not wait for this one's first).
@@ -116,6 +120,9 @@ pub struct Busy {
     pub held_until: u64,
     /// Last write progress while output waits (the write timeout counts from it).
     pub write_since: u64,
+    /// The peer's address and the PROXY header's client address, kept until the
+    /// protocol's `open` hook (after the header and the TLS handshake) is told them.
+    pub peer: Option<Box<(Option<SocketAddr>, Option<SocketAddr>)>>,
 }
 
 impl Busy {
@@ -125,6 +132,7 @@ impl Busy {
             && self.jobs.is_none()
             && self.tls.is_none()
             && self.held_until == 0
+            && self.peer.is_none()
     }
 }
 

@@ -15,6 +15,7 @@
 //! Only leftovers (a partial request, unsent output, an answer waiting for the jobs
 //! before it) move into pooled buffers owned by the connection.
 
+use std::cell::Cell;
 use std::net::SocketAddr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
@@ -28,6 +29,7 @@ use super::socket::{Socket, interrupted, would_block};
 use super::transport::send_close_notify;
 use crate::buffer::BufferPool;
 use crate::clock::Clock;
+use crate::connection::{Closed, ConnId, ConnInfo, Pusher};
 use crate::mutant::{self, Mutant};
 use crate::protocol::{Cx, Decoded, Next};
 use crate::proxy::{Cidr, ProxyMode, Refusal};
@@ -93,8 +95,25 @@ pub(crate) enum Close {
     Proxy(Refusal),
     /// Its TLS handshake failed.
     Tls(HandshakeFailure),
-    /// Its decoder panicked or broke its contract.
+    /// Its decoder (or a hook) panicked or broke its contract.
     Decoder,
+    /// The protocol's `open` hook refused it.
+    Refused,
+}
+
+impl Close {
+    /// The reason as the protocol's `close` hook is told it.
+    fn public(self) -> Closed {
+        match self {
+            Close::Normal | Close::Refused => Closed::Normal,
+            Close::Error | Close::Proxy(_) | Close::Tls(_) => Closed::Error,
+            Close::IdleTimeout => Closed::IdleTimeout,
+            Close::ReadTimeout => Closed::ReadTimeout,
+            Close::WriteTimeout => Closed::WriteTimeout,
+            Close::Cut => Closed::Cut,
+            Close::Decoder => Closed::Panicked,
+        }
+    }
 }
 
 /// What became of bytes pushed to a connection ([`Core::push`](super::Core::push)).
@@ -142,6 +161,15 @@ pub(crate) struct ConnIo<H: Handler> {
     pub(super) tls_scratch: Box<[u8]>,
     /// The shard's copy of the TLS configuration, and its generation.
     pub(super) tls_cfg: Option<(u64, Arc<rustls::ServerConfig>)>,
+    /// The shard's number, for connection ids.
+    pub shard: usize,
+    /// Each slab key's generation: bumped when its connection closes, so that the id
+    /// of a closed connection never names the next one in its slot.
+    pub gens: Vec<u32>,
+    /// The server's pusher, lent to the protocol through its context.
+    pub pusher: Option<Pusher>,
+    /// Timers the protocol set (`Cx::set_timer`), by key and generation.
+    pub ptimers: TimerWheel<(u32, u32)>,
 }
 
 impl<H: Handler> ConnIo<H> {
@@ -167,6 +195,10 @@ impl<H: Handler> ConnIo<H> {
             segment: Vec::new(),
             tls_scratch: Box::new([]),
             tls_cfg: None,
+            shard: 0,
+            gens: Vec::new(),
+            pusher: None,
+            ptimers: TimerWheel::new(1024, 10),
         };
         if tls {
             io.tls_scratch = vec![0u8; SCRATCH].into_boxed_slice();
@@ -197,6 +229,9 @@ impl<H: Handler> ConnIo<H> {
             if conn.stage == Stage::Proxy || self.proxied.last().is_some_and(|p| p.0 == key) {
                 return Ok(());
             }
+        }
+        if awaits_open(conn) {
+            self.open_conn(conn, key, None)?;
         }
         self.flush(sock, conn)?;
         let mut budget = READ_BUDGET;
@@ -293,6 +328,10 @@ impl<H: Handler> ConnIo<H> {
                 break;
             }
         }
+        if awaits_open(conn) {
+            // Its TLS handshake completed in this drive, with no request yet.
+            self.open_conn(conn, key, None)?;
+        }
         self.flush(sock, conn)?;
         if conn.stage == Stage::Closing && conn.output().is_none() && conn.jobs().is_none() {
             // Half-close and read until the peer closes, so that unread request bytes
@@ -358,6 +397,151 @@ impl<H: Handler> ConnIo<H> {
         Pushed::Queued
     }
 
+    /// Tells the protocol the connection is ready for its bytes (once): `Err` if it
+    /// refuses it or panics. `peer`: the addresses, when the connection opens at once
+    /// (else they wait in the busy part, from the accept).
+    pub fn open_conn(
+        &mut self,
+        conn: &mut Conn<H::State>,
+        key: usize,
+        peer: Option<(Option<SocketAddr>, Option<SocketAddr>)>,
+    ) -> Result<(), Close> {
+        conn.set(OPENED, true);
+        let (peer, client) = match peer {
+            Some(p) => p,
+            None => conn
+                .busy
+                .as_deref_mut()
+                .and_then(|b| b.peer.take())
+                .map_or((None, None), |b| *b),
+        };
+        let id = ConnId::new(self.shard, key, gen_of(&self.gens, key));
+        let alpn = conn
+            .busy
+            .as_deref()
+            .and_then(|b| b.tls.as_deref())
+            .and_then(|t| t.conn.alpn_protocol());
+        let info = ConnInfo {
+            id,
+            peer,
+            client,
+            alpn,
+        };
+        let mut out = self.pool.get();
+        let cx = self.hook_cx(id);
+        let handler = &self.handler;
+        let state = &mut conn.state;
+        let opened = catch_unwind(AssertUnwindSafe(|| handler.open(state, &info, &mut out, &cx)));
+        let timer = cx.timer.get();
+        match opened {
+            Ok(true) => {}
+            Ok(false) => {
+                conn.set(OPENED, false);
+                self.pool.put(out);
+                return Err(Close::Refused);
+            }
+            Err(panic) => {
+                conn.set(OPENED, false);
+                log::warn!(
+                    "connection {key}: the open hook panicked: {}; closing the connection",
+                    panic_message(&*panic)
+                );
+                self.pool.put(out);
+                return Err(Close::Decoder);
+            }
+        }
+        if let Some(after) = timer {
+            self.set_ptimer(key, after);
+        }
+        if out.is_empty() {
+            self.pool.put(out);
+        } else {
+            let busy = conn.busy();
+            match busy.output.as_mut() {
+                Some(o) => {
+                    o.extend_from_slice(&out);
+                    self.pool.put(out);
+                }
+                None => busy.output = Some(out),
+            }
+        }
+        Ok(())
+    }
+
+    /// The connection is leaving the slab: the protocol's `close` hook, if it was
+    /// opened, and a new generation for its key, so that its id names nothing now.
+    pub fn retire(&mut self, conn: &mut Conn<H::State>, key: usize, why: Close) {
+        if conn.has(OPENED) {
+            conn.set(OPENED, false);
+            let id = ConnId::new(self.shard, key, gen_of(&self.gens, key));
+            let handler = &self.handler;
+            let state = &mut conn.state;
+            if let Err(panic) = catch_unwind(AssertUnwindSafe(|| {
+                handler.close(state, id, why.public())
+            })) {
+                log::warn!(
+                    "connection {key}: the close hook panicked: {}",
+                    panic_message(&*panic)
+                );
+            }
+        }
+        if let Some(g) = self.gens.get_mut(key) {
+            *g = g.wrapping_add(1);
+        }
+    }
+
+    /// A context for a hook outside a decode.
+    fn hook_cx(&self, id: ConnId) -> Cx<'_> {
+        Cx {
+            clock: &self.clock,
+            out_limit: self.set.high_water,
+            max_requests: usize::MAX,
+            draining: self.draining,
+            conn: id,
+            pusher: self.pusher.as_ref(),
+            timer: Cell::new(None),
+        }
+    }
+
+    /// Schedules the protocol's timer for connection `key`, `after` ms from now.
+    pub fn set_ptimer(&mut self, key: usize, after: u64) {
+        let g = gen_of(&self.gens, key);
+        self.ptimers
+            .schedule(self.now + after.max(1), (key as u32, g));
+    }
+
+    /// A protocol timer is due: the protocol's `timer` hook runs, and what it writes
+    /// is placed like a push. `false` if the connection must be closed (the hook
+    /// panicked).
+    pub fn run_ptimer(&mut self, conn: &mut Conn<H::State>, key: usize) -> Result<(), Close> {
+        let id = ConnId::new(self.shard, key, gen_of(&self.gens, key));
+        let mut out = self.pool.get();
+        let cx = self.hook_cx(id);
+        let handler = &self.handler;
+        let state = &mut conn.state;
+        let ran = catch_unwind(AssertUnwindSafe(|| handler.timer(state, &mut out, &cx)));
+        let timer = cx.timer.get();
+        if let Err(panic) = ran {
+            log::warn!(
+                "connection {key}: the timer hook panicked: {}; closing the connection",
+                panic_message(&*panic)
+            );
+            self.pool.put(out);
+            return Err(Close::Decoder);
+        }
+        if let Some(after) = timer {
+            self.set_ptimer(key, after);
+        }
+        if !out.is_empty() {
+            match self.place_push(conn, &out) {
+                Pushed::Queued => self.stats.pushes += 1,
+                _ => self.stats.pushes_refused += 1,
+            }
+        }
+        self.pool.put(out);
+        Ok(())
+    }
+
     /// A quiet connection that has not sent a request yet may have been accepted just
     /// before the drain, its request on the way: it gets `--drain-grace` from its
     /// accept to send it.
@@ -374,6 +558,9 @@ impl<H: Handler> ConnIo<H> {
         key: usize,
         n: usize,
     ) -> Result<(), Close> {
+        if !conn.has(OPENED) {
+            self.open_conn(conn, key, None)?;
+        }
         let reserved = match self.offload.as_mut() {
             Some(off) if H::POOLED => {
                 let want = self.set.max_inflight.saturating_sub(conn.jobs_pending());
@@ -414,6 +601,9 @@ impl<H: Handler> ConnIo<H> {
                 .high_water
                 .saturating_sub(conn.jobs().map_or(0, |j| j.held())),
             max_requests: if self.set.delay_ms > 0 { 1 } else { reserved },
+            conn: ConnId::new(self.shard, key, gen_of(&self.gens, key)),
+            pusher: self.pusher.as_ref(),
+            timer: Cell::new(None),
         };
         let was_in_request = conn.has(IN_REQUEST);
         // Answers go to the shard's output scratch and straight to the socket, unless
@@ -479,6 +669,9 @@ impl<H: Handler> ConnIo<H> {
                 return Err(Close::Decoder);
             }
         };
+        if let Some(after) = cx.timer.get() {
+            self.set_ptimer(key, after);
+        }
         let jobs = self.calls.len() as u64;
         if H::POOLED && self.offload.is_some() {
             self.hand_over(conn, key, &mut out, out_start, reserved);
@@ -682,10 +875,17 @@ impl<H: Handler> ConnIo<H> {
         conn.timer = Some(self.wheel.schedule(deadline, key as u32));
     }
 
-    pub fn close<K: Socket>(&mut self, sock: Option<&mut K>, mut conn: Conn<H::State>, why: Close) {
+    pub fn close<K: Socket>(
+        &mut self,
+        sock: Option<&mut K>,
+        mut conn: Conn<H::State>,
+        key: usize,
+        why: Close,
+    ) {
         if let Some(t) = conn.timer.take() {
             self.wheel.cancel(t);
         }
+        self.retire(&mut conn, key, why);
         if let Some(mut tls) = conn.busy.as_mut().and_then(|b| b.tls.take()) {
             self.close_tls(sock, &conn, &mut tls, why);
         }
@@ -713,6 +913,10 @@ impl<H: Handler> ConnIo<H> {
             Close::WriteTimeout => s.write_timeouts += 1,
             Close::Cut => s.cut_at_shutdown += 1,
             Close::Decoder => s.decode_panics += 1,
+            Close::Refused => {
+                s.refused_by_protocol += 1;
+                s.rejected += 1;
+            }
             Close::Proxy(why) => match why {
                 Refusal::Missing => s.proxy_missing += 1,
                 Refusal::Malformed => s.proxy_malformed += 1,
@@ -725,6 +929,20 @@ impl<H: Handler> ConnIo<H> {
         }
         // Dropping the socket closes it, which also removes it from epoll.
     }
+}
+
+/// Serving, past its TLS handshake, and the protocol not yet told.
+#[inline]
+fn awaits_open<S>(conn: &Conn<S>) -> bool {
+    !conn.has(OPENED)
+        && conn.stage == Stage::Serving
+        && !conn.tls().is_some_and(|t| t.handshaking)
+}
+
+/// The generation of slab key `key` (0 for a key never used).
+#[inline]
+pub(super) fn gen_of(gens: &[u32], key: usize) -> u32 {
+    gens.get(key).copied().unwrap_or(0)
 }
 
 /// The message of a caught panic.

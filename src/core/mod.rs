@@ -49,10 +49,12 @@ use slab::Slab;
 pub(crate) use conn::Timeouts;
 use conn::*;
 use dispatch::Offload;
-use drive::ConnIo;
+use drive::{ConnIo, gen_of};
 pub(crate) use drive::{Close, Pushed, Settings};
 pub use socket::{Peer, Socket, Sockets};
+use socket::NoSocket;
 
+use crate::connection::{Push, PushBox, Pusher};
 use crate::jobs::{Completion, Inbox};
 use crate::proxy::{ProxyMode, Refusal};
 use crate::service::Handler;
@@ -153,6 +155,10 @@ pub(crate) struct Shard<H: Handler> {
     fd_errors: u64,
     published: Counters,
     next_publish: u64,
+    /// Pushes from any thread to this shard's connections.
+    inbox: Option<Arc<PushBox>>,
+    pushes: Vec<Push>,
+    pfired: Vec<(u32, u32)>,
     /// Tests only: every close and its reason, for the simulation to judge.
     #[cfg(test)]
     closes: Vec<(usize, Close)>,
@@ -167,6 +173,7 @@ impl<H: Handler> Shard<H> {
         set: Settings,
         shared: Arc<Shared>,
         pool: Option<(Pool, Arc<mio::Waker>)>,
+        push: Option<(Pusher, Arc<PushBox>)>,
     ) -> Self {
         // Room for every connection up front: pages never written cost nothing, and a
         // slab or wheel that never grows never leaves an old copy's pages in the heap.
@@ -177,6 +184,12 @@ impl<H: Handler> Shard<H> {
         if H::POOLED {
             io.offload = pool.map(|(pool, waker)| Offload::new(pool, Arc::new(Inbox::new(waker))));
         }
+        io.shard = id;
+        io.gens.reserve(room);
+        let inbox = push.map(|(pusher, inbox)| {
+            io.pusher = Some(pusher);
+            inbox
+        });
         Shard {
             id,
             conns: Slab::with_capacity(room),
@@ -192,6 +205,9 @@ impl<H: Handler> Shard<H> {
             fd_errors: 0,
             published: Counters::default(),
             next_publish: 0,
+            inbox,
+            pushes: Vec::new(),
+            pfired: Vec::new(),
             #[cfg(test)]
             closes: Vec::new(),
         }
@@ -224,7 +240,7 @@ impl<H: Handler> Shard<H> {
             return;
         };
         let handle = conn.handle;
-        self.io.close(sockets.get(key, handle).as_mut(), conn, why);
+        self.io.close(sockets.get(key, handle).as_mut(), conn, key, why);
         #[cfg(test)]
         self.closes.push((key, why));
         sockets.close(key, handle);
@@ -338,6 +354,42 @@ impl<H: Handler> Shard<H> {
         }
     }
 
+    /// One drive per connection per batch, however many of its answers (or pushes)
+    /// came in it.
+    fn flush_touched<S: Sockets>(&mut self, sockets: &mut S) {
+        self.touched.sort_unstable();
+        self.touched.dedup();
+        for key in std::mem::take(&mut self.touched) {
+            self.drive(sockets, key);
+        }
+    }
+
+    /// The protocol's own timers that are due.
+    fn fire_protocol_timers<S: Sockets>(&mut self, sockets: &mut S) {
+        if self.io.ptimers.is_empty() {
+            return;
+        }
+        let mut fired = std::mem::take(&mut self.pfired);
+        self.io.ptimers.poll(self.io.now, &mut fired);
+        for (key, generation) in fired.drain(..) {
+            let key = key as usize;
+            if gen_of(&self.io.gens, key) != generation {
+                continue;
+            }
+            let Some(conn) = self.conns.get_mut(key) else {
+                continue;
+            };
+            if !conn.has(OPENED) || conn.stage != Stage::Serving {
+                continue;
+            }
+            match self.io.run_ptimer(conn, key) {
+                Ok(()) => self.drive(sockets, key),
+                Err(why) => self.close(sockets, key, why),
+            }
+        }
+        self.pfired = fired;
+    }
+
     fn keys(&self) -> Vec<usize> {
         self.conns.iter().map(|(k, _)| k).collect()
     }
@@ -420,8 +472,20 @@ impl<H: Handler> Core for Shard<H> {
         let entry = self.conns.vacant_entry();
         let key = entry.key();
         let conn = entry.insert(Conn::new(io.now, handle));
+        if io.gens.len() <= key {
+            io.gens.resize(key + 1, 0);
+        }
+        let peer = match peer {
+            Peer::Ip(a) => Some(a),
+            Peer::Unix => None,
+        };
+        let deferred = tls.is_some() || proxied;
         if tls.is_some() {
             conn.busy().tls = tls;
+        }
+        if deferred {
+            // The protocol is told once the PROXY header and the handshake are done.
+            conn.busy().peer = Some(Box::new((peer, None)));
         }
         if proxied {
             conn.stage = Stage::Proxy;
@@ -431,6 +495,24 @@ impl<H: Handler> Core for Shard<H> {
         io.stats.accepted += 1;
         if let Some(ip) = ip {
             self.ips.insert(key, ip);
+        }
+        if !deferred {
+            match io.open_conn(conn, key, Some((peer, None))) {
+                Ok(()) => {
+                    if conn.output().is_some() {
+                        // A greeting: sent at the end of the turn.
+                        io.requeue.push(key);
+                    }
+                }
+                Err(why) => {
+                    let conn = self.conns.remove(key);
+                    self.io.close::<NoSocket>(None, conn, key, why);
+                    if let Some(ip) = self.ips.remove(&key) {
+                        release_ip(&self.shared, ip);
+                    }
+                    return None;
+                }
+            }
         }
         io.arm(conn, key);
         Some(key)
@@ -443,6 +525,7 @@ impl<H: Handler> Core for Shard<H> {
         if let Some(t) = conn.timer.take() {
             self.io.wheel.cancel(t);
         }
+        self.io.retire(&mut conn, key, Close::Error);
         if conn.tls().is_some() {
             self.io.stats.tls_open = self.io.stats.tls_open.saturating_sub(1);
         }
@@ -461,7 +544,26 @@ impl<H: Handler> Core for Shard<H> {
     }
 
     fn wake<S: Sockets>(&mut self, sockets: &mut S) {
+        if let Some(inbox) = self.inbox.as_ref() {
+            inbox.take(&mut self.pushes);
+            for p in std::mem::take(&mut self.pushes) {
+                let key = p.to.key();
+                let placed = match self.conns.get_mut(key) {
+                    Some(conn) if gen_of(&self.io.gens, key) == p.to.generation() => {
+                        self.io.place_push(conn, &p.bytes)
+                    }
+                    _ => Pushed::Refused,
+                };
+                if placed == Pushed::Queued {
+                    self.io.stats.pushes += 1;
+                    self.touched.push(key);
+                } else {
+                    self.io.stats.pushes_refused += 1;
+                }
+            }
+        }
         let Some(off) = self.io.offload.as_mut() else {
+            self.flush_touched(sockets);
             return;
         };
         off.inbox.take(&mut self.done);
@@ -474,12 +576,7 @@ impl<H: Handler> Core for Shard<H> {
                 self.touched.push(key);
             }
         }
-        // One flush per connection per batch, however many of its answers came back.
-        self.touched.sort_unstable();
-        self.touched.dedup();
-        for key in std::mem::take(&mut self.touched) {
-            self.drive(sockets, key);
-        }
+        self.flush_touched(sockets);
     }
 
     fn end_turn<S: Sockets>(&mut self, sockets: &mut S) {
@@ -487,6 +584,7 @@ impl<H: Handler> Core for Shard<H> {
             self.drive(sockets, key);
         }
         self.fire_timers(sockets);
+        self.fire_protocol_timers(sockets);
         if let Some(off) = self.io.offload.as_mut() {
             off.submit();
         }
@@ -505,7 +603,11 @@ impl<H: Handler> Core for Shard<H> {
     fn next_wake(&self) -> Option<u64> {
         let now = self.io.now;
         let mut at = self.io.wheel.next_deadline();
-        for t in [self.drain_deadline, self.grace_sweep_at] {
+        for t in [
+            self.drain_deadline,
+            self.grace_sweep_at,
+            self.io.ptimers.next_deadline(),
+        ] {
             at = match (at, t) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
@@ -558,6 +660,9 @@ impl<H: Handler> Core for Shard<H> {
     }
 
     fn abandon<S: Sockets>(&mut self, sockets: &mut S) {
+        if let Some(inbox) = self.inbox.as_ref() {
+            inbox.close();
+        }
         for key in self.keys() {
             self.close(sockets, key, Close::Cut);
         }
@@ -570,6 +675,9 @@ impl<H: Handler> Core for Shard<H> {
     }
 
     fn finish(&mut self) {
+        if let Some(inbox) = self.inbox.as_ref() {
+            inbox.close();
+        }
         self.publish(true);
     }
 

@@ -65,3 +65,20 @@ pub(crate) fn would_block(e: &io::Error) -> bool {
 pub(crate) fn interrupted(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::Interrupted
 }
+
+/// No socket: for closing a connection the driver never handed over (refused at its
+/// accept by the protocol).
+pub(crate) struct NoSocket;
+
+impl Socket for NoSocket {
+    fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+        Err(io::ErrorKind::NotConnected.into())
+    }
+    fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+        Err(io::ErrorKind::NotConnected.into())
+    }
+    fn shutdown_write(&mut self) {}
+    fn want_write(&mut self, _: bool) -> io::Result<()> {
+        Ok(())
+    }
+}

@@ -36,9 +36,13 @@
 //! assert_eq!(&out[..], b"3\n2\n");
 //! ```
 
-use bytes::BytesMut;
+use std::cell::Cell;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
 
 use crate::clock::Clock;
+use crate::connection::{Closed, ConnId, ConnInfo, PushError, Pusher};
 
 pub mod echo;
 pub mod http;
@@ -99,17 +103,50 @@ pub struct Cx<'a> {
     /// failure answer ([`Codec::encode_failure`](crate::service::Codec::encode_failure)):
     /// the connection closes after it, and the answer should say so.
     pub draining: bool,
+    pub(crate) conn: ConnId,
+    pub(crate) pusher: Option<&'a Pusher>,
+    /// A timer the protocol asked for during this call, in ms from now.
+    pub(crate) timer: Cell<Option<u64>>,
 }
 
 impl<'a> Cx<'a> {
-    /// A context with no limits.
+    /// A context with no limits, for no connection in particular (tests, fuzzing).
     pub fn new(clock: &'a Clock) -> Self {
         Cx {
             clock,
             out_limit: usize::MAX,
             max_requests: usize::MAX,
             draining: false,
+            conn: ConnId::default(),
+            pusher: None,
+            timer: Cell::new(None),
         }
+    }
+
+    /// The connection this call is for.
+    pub fn conn(&self) -> ConnId {
+        self.conn
+    }
+
+    /// The server's [`Pusher`], to write to other connections (or to keep, for another
+    /// thread); `None` outside a server.
+    pub fn pusher(&self) -> Option<&Pusher> {
+        self.pusher
+    }
+
+    /// Pushes `bytes` to connection `to` (see [`Pusher::push`]).
+    pub fn push(&self, to: ConnId, bytes: impl Into<Bytes>) -> Result<(), PushError> {
+        self.pusher.ok_or(PushError::Gone)?.push(to, bytes)
+    }
+
+    /// Asks for a call to [`Protocol::timer`] on this connection `after` from now (at
+    /// the timer wheel's 10 ms resolution), replacing one asked for earlier in the same
+    /// call. A timer fires once: a heartbeat sets the next one from `timer`. A timer
+    /// set earlier still fires; a protocol that changed its mind ignores it (its state
+    /// says so).
+    pub fn set_timer(&self, after: Duration) {
+        self.timer
+            .set(Some(after.as_millis().min(u128::from(u32::MAX)) as u64));
     }
 
     /// Whether the limits forbid answering another request now.
@@ -140,6 +177,24 @@ pub trait Protocol: Clone + Send + 'static {
     fn in_request(&self, _state: &Self::State) -> bool {
         false
     }
+
+    /// The connection is ready for the protocol's bytes: accepted, past its PROXY
+    /// header and its TLS handshake when it has them. `out` is sent first (a greeting);
+    /// `false` refuses the connection (it is closed at once, and counted as
+    /// rejected; `close` is not called). [`Cx::pusher`], [`Cx::conn`] and
+    /// [`Cx::set_timer`] work here as in `decode`.
+    fn open(&self, _state: &mut Self::State, _conn: &ConnInfo, _out: &mut BytesMut, _cx: &Cx) -> bool {
+        true
+    }
+
+    /// The connection is gone (after a successful [`open`](Protocol::open)), for this
+    /// reason. Nothing can be sent to it any more.
+    fn close(&self, _state: &mut Self::State, _conn: ConnId, _why: Closed) {}
+
+    /// A timer set with [`Cx::set_timer`] is due. What it appends to `out` is sent
+    /// like a push (after every answer already placed; dropped at the high-water
+    /// mark); it may set the next timer. Not called once the connection is closing.
+    fn timer(&self, _state: &mut Self::State, _out: &mut BytesMut, _cx: &Cx) {}
 }
 
 #[cfg(test)]

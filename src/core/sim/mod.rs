@@ -241,6 +241,7 @@ impl<H: Handler> Sim<H> {
             set,
             shared.clone(),
             pool.clone().map(|p| (p, waker)),
+            None,
         );
         let (tls, tls12) = match sc.tls {
             Tls::Off => (None, None),
