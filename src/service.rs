@@ -156,7 +156,13 @@ pub trait Codec: Clone + Send + 'static {
     }
 
     /// The connection opened (see [`Protocol::open`]).
-    fn open(&self, _state: &mut Self::State, _conn: &ConnInfo, _out: &mut BytesMut, _cx: &Cx) -> bool {
+    fn open(
+        &self,
+        _state: &mut Self::State,
+        _conn: &ConnInfo,
+        _out: &mut BytesMut,
+        _cx: &Cx,
+    ) -> bool {
         true
     }
 

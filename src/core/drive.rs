@@ -431,7 +431,9 @@ impl<H: Handler> ConnIo<H> {
         let cx = self.hook_cx(id);
         let handler = &self.handler;
         let state = &mut conn.state;
-        let opened = catch_unwind(AssertUnwindSafe(|| handler.open(state, &info, &mut out, &cx)));
+        let opened = catch_unwind(AssertUnwindSafe(|| {
+            handler.open(state, &info, &mut out, &cx)
+        }));
         let timer = cx.timer.get();
         match opened {
             Ok(true) => {}
@@ -476,9 +478,9 @@ impl<H: Handler> ConnIo<H> {
             let id = ConnId::new(self.shard, key, gen_of(&self.gens, key));
             let handler = &self.handler;
             let state = &mut conn.state;
-            if let Err(panic) = catch_unwind(AssertUnwindSafe(|| {
-                handler.close(state, id, why.public())
-            })) {
+            if let Err(panic) =
+                catch_unwind(AssertUnwindSafe(|| handler.close(state, id, why.public())))
+            {
                 log::warn!(
                     "connection {key}: the close hook panicked: {}",
                     panic_message(&*panic)
@@ -934,9 +936,7 @@ impl<H: Handler> ConnIo<H> {
 /// Serving, past its TLS handshake, and the protocol not yet told.
 #[inline]
 fn awaits_open<S>(conn: &Conn<S>) -> bool {
-    !conn.has(OPENED)
-        && conn.stage == Stage::Serving
-        && !conn.tls().is_some_and(|t| t.handshaking)
+    !conn.has(OPENED) && conn.stage == Stage::Serving && !conn.tls().is_some_and(|t| t.handshaking)
 }
 
 /// The generation of slab key `key` (0 for a key never used).

@@ -49,10 +49,10 @@ use slab::Slab;
 pub(crate) use conn::Timeouts;
 use conn::*;
 use dispatch::Offload;
-use drive::{ConnIo, gen_of};
 pub(crate) use drive::{Close, Pushed, Settings};
-pub use socket::{Peer, Socket, Sockets};
+use drive::{ConnIo, gen_of};
 use socket::NoSocket;
+pub use socket::{Peer, Socket, Sockets};
 
 use crate::connection::{Push, PushBox, Pusher};
 use crate::jobs::{Completion, Inbox};
@@ -240,7 +240,8 @@ impl<H: Handler> Shard<H> {
             return;
         };
         let handle = conn.handle;
-        self.io.close(sockets.get(key, handle).as_mut(), conn, key, why);
+        self.io
+            .close(sockets.get(key, handle).as_mut(), conn, key, why);
         #[cfg(test)]
         self.closes.push((key, why));
         sockets.close(key, handle);

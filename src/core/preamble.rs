@@ -42,6 +42,9 @@ impl<H: Handler> ConnIo<H> {
                     self.stats.proxy_headers += 1;
                     if let Some(client) = client {
                         log::debug!("connection {key}: client {client} (PROXY header)");
+                        if let Some(p) = busy.peer.as_deref_mut() {
+                            p.1 = Some(client);
+                        }
                         if self.set.max_per_ip > 0 {
                             self.proxied.push((key, client));
                         }

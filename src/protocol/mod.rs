@@ -183,7 +183,13 @@ pub trait Protocol: Clone + Send + 'static {
     /// `false` refuses the connection (it is closed at once, and counted as
     /// rejected; `close` is not called). [`Cx::pusher`], [`Cx::conn`] and
     /// [`Cx::set_timer`] work here as in `decode`.
-    fn open(&self, _state: &mut Self::State, _conn: &ConnInfo, _out: &mut BytesMut, _cx: &Cx) -> bool {
+    fn open(
+        &self,
+        _state: &mut Self::State,
+        _conn: &ConnInfo,
+        _out: &mut BytesMut,
+        _cx: &Cx,
+    ) -> bool {
         true
     }
 
