@@ -7,7 +7,8 @@ use bytes::BytesMut;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use reactor::buffer::BufferPool;
 use reactor::clock::Clock;
-use reactor::protocol::{Cx, Echo, Http, Json, Protocol};
+use reactor::http::{App, hello};
+use reactor::protocol::{Cx, Echo, Json, Protocol};
 use reactor::timer::TimerWheel;
 
 fn timer(c: &mut Criterion) {
@@ -103,7 +104,14 @@ fn decoders(c: &mut Criterion) {
     let http_batch: Vec<u8> = http_one.repeat(100);
     g.throughput(Throughput::Elements(100));
     g.bench_function("http 100 pipelined requests", |b| {
-        b.iter(|| decode_all(&Http::default(), black_box(&http_batch), &cx, &mut out))
+        b.iter(|| {
+            decode_all(
+                &App::new(hello).addresses(false),
+                black_box(&http_batch),
+                &cx,
+                &mut out,
+            )
+        })
     });
 
     let json_batch: Vec<u8> = (0..100)

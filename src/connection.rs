@@ -84,14 +84,24 @@ impl fmt::Display for ConnId {
 /// What a protocol learns when a connection opens.
 ///
 /// ```
-/// use reactor::connection::{ConnId, ConnInfo};
-/// let info = ConnInfo {
-///     id: ConnId::default(),
-///     peer: Some("127.0.0.1:5000".parse().unwrap()),
-///     client: None,
-///     alpn: None,
-/// };
-/// assert_eq!(info.client_addr(), info.peer);
+/// use reactor::bytes::BytesMut;
+/// use reactor::connection::ConnInfo;
+/// use reactor::protocol::{Cx, Decoded, Protocol};
+///
+/// /// Greets each client with its address.
+/// #[derive(Clone)]
+/// struct Greeter;
+/// impl Protocol for Greeter {
+///     type State = ();
+///     fn open(&self, _: &mut (), conn: &ConnInfo, out: &mut BytesMut, _: &Cx) -> bool {
+///         let from = conn.client_addr().map(|a| a.to_string()).unwrap_or_default();
+///         out.extend_from_slice(format!("hello {from}\n").as_bytes());
+///         true
+///     }
+///     fn decode(&self, _: &mut (), input: &[u8], _: &mut BytesMut, _: &Cx) -> Decoded {
+///         Decoded { consumed: input.len(), ..Decoded::default() }
+///     }
+/// }
 /// ```
 #[derive(Clone, Copy, Debug)]
 #[non_exhaustive]

@@ -59,6 +59,7 @@ pub mod connection;
 mod core;
 mod driver;
 pub mod handover;
+pub mod http;
 mod jobs;
 pub mod listener;
 mod metrics;

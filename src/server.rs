@@ -19,10 +19,11 @@ use crate::connection::{PushBox, Pusher};
 use crate::core::{Settings, Shard, Timeouts};
 use crate::driver::epoll::{Driver, WAKER};
 use crate::handover;
+use crate::http::{App, Limits, Request, hello};
 use crate::listener::{bind, raise_nofile_limit};
 use crate::metrics::{Admin, Sources};
 use crate::protocol::json::JsonCodec;
-use crate::protocol::{Echo, Http, HttpCodec, Json};
+use crate::protocol::{Echo, Json};
 use crate::service::{Handler, Pooled};
 use crate::shared::Shared;
 use crate::stats::Counters;
@@ -72,11 +73,13 @@ impl Server {
     /// bound, so the address can be connected to at once. With `cfg.work`, the json and
     /// http answers run on the worker pool.
     pub fn start(cfg: &Config) -> io::Result<Server> {
-        let http = Http {
+        let limits = Limits {
             max_header_bytes: cfg.max_header_bytes,
-            max_headers: cfg.max_headers.min(crate::protocol::http::HEADER_CAP),
+            max_headers: cfg.max_headers.min(crate::http::HEADER_CAP),
             max_body: cfg.max_body,
         };
+        // The built-in server keeps no addresses: its idle connections hold nothing.
+        let http = App::new(hello).limits(limits.clone()).addresses(false);
         let json = Json {
             max_message: cfg.max_message,
         };
@@ -85,7 +88,12 @@ impl Server {
             (ProtocolKind::Http, None) => Server::start_labeled(cfg, http, Some("http")),
             (ProtocolKind::Json, None) => Server::start_labeled(cfg, json, Some("json")),
             (ProtocolKind::Http, Some(work)) => {
-                Server::start_labeled(cfg, Pooled::new(HttpCodec(http), work), Some("http"))
+                let slow_hello = move |r: Request| {
+                    work.run();
+                    hello(r)
+                };
+                let app = App::new(slow_hello).limits(limits).addresses(false);
+                Server::start_labeled(cfg, app.on_pool(), Some("http"))
             }
             (ProtocolKind::Json, Some(work)) => {
                 Server::start_labeled(cfg, Pooled::new(JsonCodec(json), work), Some("json"))

@@ -457,12 +457,12 @@ mod tests {
     /// the command line's default, whatever the protocol).
     #[test]
     fn a_handler_is_named_after_its_protocol_or_codec() {
-        use crate::protocol::http::{Http, HttpCodec, HttpRequest};
-        assert_eq!(<Http as Handler>::name(), "Http");
-        let pooled = Pooled::new(HttpCodec::default(), |r: HttpRequest| r);
+        use crate::protocol::Json;
+        assert_eq!(<Json as Handler>::name(), "Json");
+        let pooled = crate::http::App::new(crate::http::hello).on_pool();
         fn name_of<H: Handler>(_: &H) -> &'static str {
             H::name()
         }
-        assert_eq!(name_of(&pooled), "HttpCodec");
+        assert_eq!(name_of(&pooled), "Framing");
     }
 }

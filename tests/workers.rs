@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use common::*;
-use reactor::protocol::http::HttpRequest;
+use reactor::http::{App, Request, hello};
 use reactor::protocol::json::JsonRequest;
-use reactor::protocol::{Cx, Decoded, HttpCodec, JsonCodec};
+use reactor::protocol::{Cx, Decoded, JsonCodec};
 use reactor::service::{Calls, Codec, Failure, Pooled};
 use reactor::{Config, Server as InProcess};
 
@@ -189,14 +189,13 @@ fn a_panicking_handler_gets_an_error_answer_and_the_connection_goes_on() {
 fn a_panicking_http_handler_gets_500_and_the_next_request_200() {
     let calls = Arc::new(AtomicUsize::new(0));
     let n = calls.clone();
-    let service = move |r: HttpRequest| {
+    let service = move |r: Request| {
         if n.fetch_add(1, Ordering::SeqCst) == 0 {
             panic!("first call panics");
         }
-        r
+        hello(r)
     };
-    let srv =
-        InProcess::start_with(&config(1), Pooled::new(HttpCodec::default(), service)).unwrap();
+    let srv = InProcess::start_with(&config(1), App::new(service).on_pool()).unwrap();
     let c = connect(srv.local_addr());
     (&c).write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n")
         .unwrap();
@@ -237,17 +236,17 @@ fn a_panicking_json_handler_gets_an_error_line_and_the_stream_goes_on() {
 /// `b.gate` opens.
 fn http_with_a_gated_first_request(b: &Arc<Behaviour>) -> InProcess {
     let gated = b.clone();
-    let service = move |r: HttpRequest| {
+    let service = move |r: Request| {
         if gated.started.fetch_add(1, Ordering::SeqCst) == 0 {
             gated.gate.wait();
         }
-        r
+        hello(r)
     };
     let cfg = Config {
         handler_timeout: Duration::from_millis(200),
         ..config(2)
     };
-    InProcess::start_with(&cfg, Pooled::new(HttpCodec::default(), service)).unwrap()
+    InProcess::start_with(&cfg, App::new(service).on_pool()).unwrap()
 }
 
 #[test]

@@ -12,17 +12,22 @@
 //!
 //! 1. in one read with no limits (what the decoder answers to everything at once);
 //! 2. split and limited as the plan says, through the inline [`Protocol`];
-//! 3. split and limited the same way, through the pooled [`Codec`], each call's answer
-//!    encoded (an identity service, as `--work` uses) and put where the call stood in
-//!    the output.
+//! 3. split and limited the same way, through the pooled form ([`Handler`]), each
+//!    call run by its service at once and its answer encoded and put where the call
+//!    stood in the output.
+//!
+//! HTTP runs through the request API ([`reactor::http::App`]) with a handler that
+//! answers with what it was handed (method, target, headers, body), so the three runs
+//! agree only if every request reaches its handler whole and the same however split.
 //!
 //! Splitting and yielding only change when answers are written, never what is
 //! written, so the concatenated outputs must be the same.
 
 use bytes::BytesMut;
 use reactor::clock::Clock;
-use reactor::protocol::{Cx, Decoded, Http, HttpCodec, Json, JsonCodec, Next, Protocol};
-use reactor::service::{Calls, Codec};
+use reactor::http::{App, Limits as Http, Request, Response};
+use reactor::protocol::{Cx, Decoded, Json, JsonCodec, Next, Protocol};
+use reactor::service::{Calls, Handler, Pooled};
 
 /// Bytes at the start of an input that make its [`Plan`].
 pub const PLAN_BYTES: usize = 8;
@@ -83,12 +88,10 @@ impl Plan {
 
     /// The reactor's context this plan asks for.
     pub fn cx<'a>(&self, clock: &'a Clock) -> Cx<'a> {
-        Cx {
-            clock,
-            out_limit: self.out_limit,
-            max_requests: self.max_requests,
-            draining: false,
-        }
+        let mut cx = Cx::new(clock);
+        cx.out_limit = self.out_limit;
+        cx.max_requests = self.max_requests;
+        cx
     }
 }
 
@@ -199,17 +202,14 @@ pub fn feed<S>(
     o
 }
 
-/// A [`Codec::decode`] as the reactor drives a pooled codec, for [`feed`]: the calls
-/// are collected with [`Calls`], checked (each stands at an output offset between the
+/// A pooled handler's decode as the reactor drives it, for [`feed`]: the calls are
+/// collected with [`Calls`], checked (each stands at an output offset between the
 /// output's length before the call and after it, in order; calls + immediate answers
-/// (errors) = requests), and answered at once by an identity service, each answer put
+/// (errors) = requests), and run by the handler's service at once, each answer put
 /// where its call stood.
-pub fn codec_decode<C>(
+pub fn codec_decode<C: Handler>(
     codec: &C,
-) -> impl FnMut(&mut C::State, &[u8], &mut BytesMut, &Cx) -> Decoded + '_
-where
-    C: Codec<Response = <C as Codec>::Request>,
-{
+) -> impl FnMut(&mut C::State, &[u8], &mut BytesMut, &Cx) -> Decoded + '_ {
     move |state, input, out, cx| {
         let start = out.len();
         let mut calls = Vec::new();
@@ -236,7 +236,7 @@ where
         for (at, request) in calls {
             out.extend_from_slice(&segment[done..at - start]);
             done = at - start;
-            codec.encode(request, out, cx);
+            codec.encode(codec.call(request), out, cx);
         }
         out.extend_from_slice(&segment[done..]);
         d
@@ -277,7 +277,7 @@ pub fn run<P, C>(
 ) -> Outcome
 where
     P: Protocol,
-    C: Codec<Response = <C as Codec>::Request>,
+    C: Handler,
 {
     // One clock for every run: its strings change only on refresh().
     let clock = Clock::default();
@@ -330,12 +330,28 @@ pub fn http_limits(variant: u8) -> Http {
     }
 }
 
+/// The handler of the `http` target: answers with what it was handed, so that a
+/// request that reached it differently (split, pooled) shows in the output.
+pub fn mirror(req: Request) -> Response {
+    let mut seen = format!("{} {} 1.{}\n", req.method(), req.target(), req.version());
+    for (name, value) in req.headers() {
+        seen.push_str(&format!("{name}: {}\n", String::from_utf8_lossy(value)));
+    }
+    seen.push_str(&format!("body {}\n", req.body().len()));
+    let mut body = seen.into_bytes();
+    body.extend_from_slice(req.body());
+    Response::new(200)
+        .header("X-Method", req.method().to_string())
+        .body(body)
+}
+
 /// The `http` target: `input` is a byte stream from a client.
 pub fn http(plan: &Plan, input: &[u8]) {
     let p = http_limits(plan.variant);
     let known = |whole: &Outcome, split: &Outcome| http_known(&p, whole, split);
     let reads = plan.reads(input.len());
-    run(plan, &p, &HttpCodec(p.clone()), input, &reads, &known);
+    let app = App::new(mirror).limits(p.clone()).addresses(false);
+    run(plan, &app, &app.clone().on_pool(), input, &reads, &known);
 }
 
 /// The known HTTP bugs (fuzz/regressions.md, 2 to 4): a length limit checked only while
@@ -384,7 +400,8 @@ pub fn json(plan: &Plan, input: &[u8]) {
     if cfg!(feature = "tolerate-known") {
         reads = keep_scalars_whole(&reads, input);
     }
-    let o = run(plan, &p, &JsonCodec(p.clone()), input, &reads, &known);
+    let identity = Pooled::new(JsonCodec(p.clone()), |m| m);
+    let o = run(plan, &p, &identity, input, &reads, &known);
     assert!(
         o.output.is_empty() || o.output.ends_with(b"\n"),
         "output does not end a line: {:?}",

@@ -301,7 +301,7 @@ mod tests {
     #[test]
     fn a_connection_stays_small() {
         let echo = std::mem::size_of::<Conn<()>>();
-        let http = std::mem::size_of::<Conn<crate::protocol::http::HttpState>>();
+        let http = std::mem::size_of::<Conn<crate::http::HttpState>>();
         let json = std::mem::size_of::<Conn<crate::protocol::json::JsonState>>();
         eprintln!("Conn: echo {echo} B, http {http} B, json {json} B");
         // The figures today; a field added here shows in every idle connection.

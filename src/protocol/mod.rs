@@ -45,11 +45,9 @@ use crate::clock::Clock;
 use crate::connection::{Closed, ConnId, ConnInfo, PushError, Pusher};
 
 pub mod echo;
-pub mod http;
 pub mod json;
 
 pub use echo::Echo;
-pub use http::{Http, HttpCodec};
 pub use json::{Json, JsonCodec};
 
 /// What the reactor should do after a call to [`Protocol::decode`].
@@ -288,10 +286,10 @@ mod tests {
     #[test]
     fn http_decoder_survives_mangled_input() {
         hammer(
-            &Http {
+            &crate::http::App::new(crate::http::hello).limits(crate::http::Limits {
                 max_body: 64,
-                ..Http::default()
-            },
+                ..crate::http::Limits::default()
+            }),
             &[
                 b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
                 b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello",

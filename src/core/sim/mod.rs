@@ -44,11 +44,11 @@ use mio::{Events, Poll, Token, Waker};
 
 use super::conn::Timeouts;
 use super::{Close, Core, Pushed, Settings, Shard};
-use crate::protocol::http::HttpCodec;
+use crate::http::{App, hello};
 use crate::protocol::json::{JsonCodec, JsonRequest};
-use crate::protocol::{Echo, Http, Json};
+use crate::protocol::{Echo, Json};
 use crate::proxy::{ProxyMode, Refusal};
-use crate::service::{Handler, Pooled, Work};
+use crate::service::{Handler, Pooled};
 use crate::shared::Shared;
 use crate::tls::{HandshakeFailure, TlsShared, Trust};
 use crate::workers::{Point, Pool, Task};
@@ -953,14 +953,9 @@ fn run_seed(seed: u64) -> Result<(Scenario, Tally), (Scenario, String)> {
     let sc = Scenario::pick(&mut rng);
     let r = match (sc.proto, sc.pooled) {
         (Proto::Echo, _) => Sim::new(seed, sc.clone(), Echo).run(),
-        (Proto::Http, false) => Sim::new(seed, sc.clone(), Http::default()).run(),
+        (Proto::Http, false) => Sim::new(seed, sc.clone(), App::new(hello)).run(),
         (Proto::Json, false) => Sim::new(seed, sc.clone(), Json::default()).run(),
-        (Proto::Http, true) => Sim::new(
-            seed,
-            sc.clone(),
-            Pooled::new(HttpCodec(Http::default()), Work::Spin(Duration::ZERO)),
-        )
-        .run(),
+        (Proto::Http, true) => Sim::new(seed, sc.clone(), App::new(hello).on_pool()).run(),
         (Proto::Json, true) => Sim::new(
             seed,
             sc.clone(),

@@ -1,46 +1,54 @@
-//! `http`: HTTP/1.0 and 1.1 answered `200 OK` with `Hello, World!`.
+//! HTTP/1.0 and 1.1 framing, the wire facts of the server side, once: where a request
+//! ends, what is refused and how, and how an answer is written.
 //!
 //! Keep-alive is the default for 1.1 (`Connection: close` honoured) and opt-in for 1.0
-//! (`Connection: keep-alive`). Pipelined requests are answered in order, each as soon as
-//! its head is parsed. A body announced by `Content-Length` is read and discarded, across
-//! as many reads as it takes, without being buffered. Errors get a status and a close:
-//! 400 for a malformed head or `Content-Length`, 431 for a head over the byte or header
-//! count limit, 413 for a body over `max_body`. A chunked body is read and discarded too,
-//! chunk by chunk with its trailers, and answered once it is complete (its size is not
-//! known up front, so `max_body` is checked as it goes); a chunk-size line that is not
+//! (`Connection: keep-alive`). Pipelined requests are answered in order. A request is
+//! handed to its handler once its body is complete: a body announced by
+//! `Content-Length` is taken from the input when it is all there, or collected across
+//! as many reads as it takes (never more than `max_body`). Errors get a status and a
+//! close: 400 for a malformed head or `Content-Length`, 431 for a head over the byte or
+//! header count limit, 413 for a body over `max_body`. A chunked body is de-chunked
+//! chunk by chunk, its trailers read and dropped, and the request handed over once it
+//! is complete (its size is not known up front, so `max_body` is checked as it goes);
+//! a chunk-size line that is not
 //! hex digits (then optional extensions) or whose size overflows a u64 gets 400. A
 //! transfer coding other than chunked gets 501, and `Transfer-Encoding` together with
 //! `Content-Length`, or in an HTTP/1.0 request, gets 400 (the ambiguities request
 //! smuggling lives on). So does an HTTP/1.1 request without a `Host` header, or any
 //! request with more than one (RFC 9112 section 3.2).
 
-use std::convert::Infallible;
 use std::mem::MaybeUninit;
+use std::net::SocketAddr;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 
-use super::{Cx, Decoded, Next, Protocol};
-use crate::service::{Calls, Codec, Failure};
+use super::request::{Request, within};
+use super::response::{Response, header_ok, reason};
+use crate::protocol::{Cx, Decoded, Next};
+use crate::service::{Calls, Failure};
 
 /// The most header lines a request may carry, whatever the configuration says.
 pub const HEADER_CAP: usize = 256;
 
-const BODY: &[u8] = crate::wire::http::HELLO_BODY;
-
-/// The HTTP protocol and its limits.
+/// HTTP's limits.
+///
+/// ```
+/// let l = reactor::http::Limits::default();
+/// assert_eq!(l.max_body, 1 << 20);
+/// ```
 #[derive(Clone, Debug)]
-pub struct Http {
+pub struct Limits {
     /// Largest request head (request line and headers), in bytes.
     pub max_header_bytes: usize,
     /// Most header lines in a request (at most [`HEADER_CAP`]).
     pub max_headers: usize,
-    /// Largest request body, in bytes.
+    /// Largest request body, in bytes (collected whole before the handler runs).
     pub max_body: u64,
 }
 
-impl Default for Http {
+impl Default for Limits {
     fn default() -> Self {
-        Http {
+        Limits {
             max_header_bytes: crate::wire::http::MAX_HEADER_BYTES,
             max_headers: crate::wire::http::MAX_HEADERS,
             max_body: crate::wire::http::MAX_BODY,
@@ -48,16 +56,86 @@ impl Default for Http {
     }
 }
 
-/// Per-connection HTTP state: the body bytes still to discard.
+/// Per-connection HTTP state: where the framing is, and (boxed, only while needed) a
+/// request waiting for the rest of its body and the connection's addresses.
 #[derive(Default, Debug)]
 pub struct HttpState {
-    /// Body bytes still to discard: of a Content-Length body, or of the current chunk.
+    /// Body bytes still to come: of a Content-Length body, or of the current chunk.
     body_left: u64,
-    /// Chunked body bytes seen so far, against `max_body`.
-    chunked_total: u64,
     chunk: Chunk,
-    /// The answer owed once a chunked body is complete.
+    /// The framing of the answer owed once the body is complete.
     owed: Reply,
+    extra: Option<Box<Extra>>,
+}
+
+#[derive(Default, Debug)]
+struct Extra {
+    peer: Option<SocketAddr>,
+    client: Option<SocketAddr>,
+    pending: Option<Pending>,
+}
+
+/// A request whose body is still coming.
+#[derive(Debug)]
+struct Pending {
+    request: Request,
+    body: BytesMut,
+    /// Chunked body bytes announced so far, against `max_body`.
+    chunked_total: u64,
+}
+
+impl Extra {
+    fn pending(&mut self) -> &mut Pending {
+        // Set whenever a body is being read; an empty one stands in otherwise.
+        self.pending.get_or_insert_with(|| Pending {
+            request: Request::from_parts(Bytes::new(), 0..0, 0..0, 1),
+            body: BytesMut::new(),
+            chunked_total: 0,
+        })
+    }
+}
+
+impl HttpState {
+    fn extra(&mut self) -> &mut Extra {
+        self.extra.get_or_insert_with(Box::default)
+    }
+
+    /// Remembers the connection's addresses, for its requests.
+    pub(crate) fn set_addrs(&mut self, peer: Option<SocketAddr>, client: Option<SocketAddr>) {
+        if peer.is_some() || client.is_some() {
+            let e = self.extra();
+            e.peer = peer;
+            e.client = client;
+        }
+    }
+
+    pub(crate) fn in_request(&self) -> bool {
+        self.body_left > 0 || self.chunk != Chunk::Off
+    }
+
+    fn addrs(&self) -> (Option<SocketAddr>, Option<SocketAddr>) {
+        self.extra
+            .as_ref()
+            .map_or((None, None), |e| (e.peer, e.client))
+    }
+
+    /// The request whose body just completed.
+    fn finish(&mut self) -> Request {
+        let e = self.extra();
+        let p = e.pending.take();
+        if e.peer.is_none() && e.client.is_none() {
+            self.extra = None;
+        }
+        match p {
+            Some(Pending {
+                mut request, body, ..
+            }) => {
+                request.set_body(body.freeze());
+                request
+            }
+            None => Request::from_parts(Bytes::new(), 0..0, 0..0, 1),
+        }
+    }
 }
 
 /// Where a chunked body is.
@@ -68,7 +146,7 @@ enum Chunk {
     Off,
     /// Expecting a chunk-size line.
     Size,
-    /// Discarding chunk data (`body_left` bytes).
+    /// Reading chunk data (`body_left` bytes).
     Data,
     /// Expecting the CRLF after chunk data.
     DataEnd,
@@ -76,8 +154,9 @@ enum Chunk {
     Trailer,
 }
 
+/// How an answer is framed: what the request said about the connection.
 #[derive(Default, Debug, Clone, Copy)]
-struct Reply {
+pub(crate) struct Reply {
     keep_alive: bool,
     v10: bool,
     head: bool,
@@ -93,7 +172,7 @@ enum Head {
     Error(&'static [u8]),
 }
 
-impl Http {
+impl Limits {
     fn parse_head(&self, req: &httparse::Request) -> Head {
         let v10 = req.version == Some(0);
         let mut keep_alive = !v10;
@@ -188,28 +267,6 @@ const H503_CLOSE: &[u8] =
     b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
 const H501: &[u8] = b"HTTP/1.1 501 Not Implemented\r\nContent-Type: text/plain\r\nContent-Length: 16\r\nConnection: close\r\n\r\nNot Implemented\n";
 
-fn respond(out: &mut BytesMut, cx: &Cx, r: Reply) {
-    let Reply {
-        keep_alive,
-        v10,
-        head,
-    } = r;
-    out.extend_from_slice(if v10 {
-        b"HTTP/1.0 200 OK\r\nServer: reactor\r\nContent-Type: text/plain\r\nContent-Length: 13\r\nDate: "
-    } else {
-        b"HTTP/1.1 200 OK\r\nServer: reactor\r\nContent-Type: text/plain\r\nContent-Length: 13\r\nDate: "
-    });
-    out.extend_from_slice(cx.clock.http_date());
-    out.extend_from_slice(match (keep_alive, v10) {
-        (true, false) => b"\r\n\r\n".as_slice(),
-        (true, true) => b"\r\nConnection: keep-alive\r\n\r\n",
-        (false, _) => b"\r\nConnection: close\r\n\r\n",
-    });
-    if !head {
-        out.extend_from_slice(BODY);
-    }
-}
-
 /// One step through a chunked body.
 enum Step {
     /// Needs more input.
@@ -259,7 +316,7 @@ fn parse_chunk_size(line: &[u8]) -> Result<Option<(usize, u64)>, ()> {
     }
 }
 
-impl Http {
+impl Limits {
     fn chunked(&self, st: &mut HttpState, rest: &[u8]) -> Step {
         match st.chunk {
             Chunk::Off | Chunk::Data => Step::More,
@@ -268,8 +325,9 @@ impl Http {
                 // answer would depend on how the line was split into reads.
                 Ok(Some((n, _))) if n > CHUNK_LINE_MAX => Step::Error(H400),
                 Ok(Some((n, size))) => {
-                    st.chunked_total = st.chunked_total.saturating_add(size);
-                    if st.chunked_total > self.max_body {
+                    let total = &mut st.extra().pending().chunked_total;
+                    *total = total.saturating_add(size);
+                    if *total > self.max_body {
                         return Step::Error(H413);
                     }
                     if size == 0 {
@@ -305,105 +363,130 @@ impl Http {
     }
 }
 
-impl Protocol for Http {
-    type State = HttpState;
-
-    fn decode(&self, st: &mut HttpState, input: &[u8], out: &mut BytesMut, cx: &Cx) -> Decoded {
-        let mut none = Vec::new();
-        let mut out = Calls::<Infallible>::new(out, &mut none);
-        self.decode_with(st, input, &mut out, cx, |out, cx, reply| {
-            respond(out.out(), cx, reply)
-        })
+/// Writes `r` as the answer to a request framed by `reply`: the status line,
+/// `Server`, the handler's headers, `Content-Length`, `Date`, `Connection`, the body.
+pub(crate) fn write_response(out: &mut BytesMut, cx: &Cx, reply: Reply, r: &Response) {
+    let valid = (100..=999).contains(&r.status) && r.headers.iter().all(|(n, v)| header_ok(n, v));
+    if !valid {
+        log::warn!(
+            "an HTTP handler answered status {} with headers {:?}: not a valid answer; \
+             sent 500 instead",
+            r.status,
+            r.headers
+        );
+        out.extend_from_slice(if reply.keep_alive { H500 } else { H500_CLOSE });
+        return;
     }
-
-    fn in_request(&self, st: &HttpState) -> bool {
-        st.in_request()
+    let Reply {
+        keep_alive,
+        v10,
+        head,
+    } = reply;
+    out.extend_from_slice(if v10 { b"HTTP/1.0 " } else { b"HTTP/1.1 " });
+    let mut code = [0u8; 3];
+    for (i, d) in code.iter_mut().enumerate() {
+        *d = b'0' + (r.status / 10u16.pow(2 - i as u32) % 10) as u8;
     }
-}
-
-/// The `http` protocol with each answer computed on the worker pool (`--work`): the
-/// request goes to the service, and whatever comes back is answered `200 OK` as
-/// inline. A handler that panics gets `500`, one that times out `503`; the connection
-/// goes on.
-#[derive(Clone, Debug, Default)]
-pub struct HttpCodec(pub Http);
-
-/// A request as the built-in HTTP protocol sees it (its body is discarded on the loop).
-#[derive(Clone, Copy, Debug)]
-pub struct HttpRequest(Reply);
-
-impl HttpRequest {
-    /// Whether it was a HEAD request (answered without a body).
-    pub fn is_head(&self) -> bool {
-        self.0.head
+    out.extend_from_slice(&code);
+    out.extend_from_slice(b" ");
+    out.extend_from_slice(reason(r.status).as_bytes());
+    out.extend_from_slice(b"\r\nServer: reactor\r\n");
+    for (name, value) in &r.headers {
+        if ["content-length", "transfer-encoding", "connection", "date"]
+            .iter()
+            .any(|n| name.eq_ignore_ascii_case(n))
+        {
+            continue;
+        }
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
     }
-}
-
-impl Codec for HttpCodec {
-    type State = HttpState;
-    type Request = HttpRequest;
-    type Response = HttpRequest;
-
-    fn decode(
-        &self,
-        st: &mut HttpState,
-        input: &[u8],
-        out: &mut Calls<'_, HttpRequest>,
-        cx: &Cx,
-    ) -> Decoded {
-        self.0.decode_with(st, input, out, cx, |out, _, reply| {
-            out.call(HttpRequest(reply))
-        })
+    // No body, and no length, for 1xx and 204; 304 describes a body it does not send.
+    let bodiless = r.status < 200 || r.status == 204 || r.status == 304;
+    if !(r.status < 200 || r.status == 204) {
+        out.extend_from_slice(b"Content-Length: ");
+        let mut buf = [0u8; 20];
+        let mut i = buf.len();
+        let mut n = r.body.len();
+        loop {
+            i -= 1;
+            buf[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        out.extend_from_slice(&buf[i..]);
+        out.extend_from_slice(b"\r\n");
     }
-
-    fn encode(&self, r: HttpRequest, out: &mut BytesMut, cx: &Cx) {
-        respond(out, cx, r.0)
-    }
-
-    fn encode_failure(&self, f: Failure, out: &mut BytesMut, cx: &Cx) {
-        // The connection closes after this answer (the request asked for it, or a
-        // drain): say so, as the answer the service would have given would have.
-        out.extend_from_slice(match (f, cx.draining) {
-            (Failure::Panicked, false) => H500,
-            (Failure::TimedOut, false) => H503,
-            (Failure::Panicked, true) => H500_CLOSE,
-            (Failure::TimedOut, true) => H503_CLOSE,
-        });
-    }
-
-    fn in_request(&self, st: &HttpState) -> bool {
-        st.in_request()
-    }
-}
-
-impl HttpState {
-    fn in_request(&self) -> bool {
-        self.body_left > 0 || self.chunk != Chunk::Off
+    out.extend_from_slice(b"Date: ");
+    out.extend_from_slice(cx.clock.http_date());
+    out.extend_from_slice(match (keep_alive, v10) {
+        (true, false) => b"\r\n\r\n".as_slice(),
+        (true, true) => b"\r\nConnection: keep-alive\r\n\r\n",
+        (false, _) => b"\r\nConnection: close\r\n\r\n",
+    });
+    if !head && !bodiless {
+        out.extend_from_slice(&r.body);
     }
 }
 
-impl Http {
-    /// The decoder, with what to do for each request that gets a `200 OK` left to
-    /// `answer`: respond at once (inline) or hand it to the pool.
-    fn decode_with<R>(
+/// The answer to a request whose handler failed (panicked, or timed out on the pool).
+pub(crate) fn write_failure(out: &mut BytesMut, f: Failure, closing: bool) {
+    out.extend_from_slice(match (f, closing) {
+        (Failure::Panicked, false) => H500,
+        (Failure::TimedOut, false) => H503,
+        (Failure::Panicked, true) => H500_CLOSE,
+        (Failure::TimedOut, true) => H503_CLOSE,
+    });
+}
+
+impl Reply {
+    /// Whether the connection closes after this answer.
+    pub(crate) fn closes(&self) -> bool {
+        !self.keep_alive
+    }
+}
+
+impl Limits {
+    /// The decoder: every complete request, with its body, goes to `answer` (which
+    /// answers it at once, or hands it to the pool), in order.
+    pub(crate) fn decode_with<R>(
         &self,
         st: &mut HttpState,
         input: &[u8],
         out: &mut Calls<'_, R>,
         cx: &Cx,
-        mut answer: impl FnMut(&mut Calls<'_, R>, &Cx, Reply),
+        mut answer: impl FnMut(&mut Calls<'_, R>, &Cx, Reply, Request),
     ) -> Decoded {
         let mut d = Decoded::default();
         loop {
             if st.body_left > 0 {
-                let take = st.body_left.min((input.len() - d.consumed) as u64);
-                d.consumed += take as usize;
-                st.body_left -= take;
+                let take = st.body_left.min((input.len() - d.consumed) as u64) as usize;
+                st.extra()
+                    .pending()
+                    .body
+                    .extend_from_slice(&input[d.consumed..d.consumed + take]);
+                d.consumed += take;
+                st.body_left -= take as u64;
                 if st.body_left > 0 {
                     return d;
                 }
                 if st.chunk == Chunk::Data {
                     st.chunk = Chunk::DataEnd;
+                } else {
+                    // A Content-Length body, complete.
+                    let reply = st.owed;
+                    let request = st.finish();
+                    answer(out, cx, reply, request);
+                    d.requests += 1;
+                    if !reply.keep_alive {
+                        d.next = Next::Close;
+                        return d;
+                    }
+                    continue;
                 }
             }
             let rest = &input[d.consumed..];
@@ -416,9 +499,11 @@ impl Http {
                     }
                     Step::Done(n) => {
                         d.consumed += n;
-                        answer(out, cx, st.owed);
+                        let reply = st.owed;
+                        let request = st.finish();
+                        answer(out, cx, reply, request);
                         d.requests += 1;
-                        if !st.owed.keep_alive {
+                        if !reply.keep_alive {
                             d.next = Next::Close;
                             return d;
                         }
@@ -456,24 +541,47 @@ impl Http {
                                 // Tell a keep-alive client to go elsewhere next time.
                                 reply.keep_alive = false;
                             }
-                            d.consumed += n;
+                            let (method, target) = (
+                                within(head, req.method.unwrap_or_default()),
+                                within(head, req.path.unwrap_or_default()),
+                            );
+                            let minor = req.version.unwrap_or(1);
+                            let whole = body as usize <= rest.len() - n && !chunked;
+                            let len = if whole { n + body as usize } else { n };
+                            // One copy of the head (and of a body already here).
+                            let copy = Bytes::copy_from_slice(&rest[..len]);
+                            let mut request =
+                                Request::from_parts(copy.slice(..n), method, target, minor);
+                            let (peer, client) = st.addrs();
+                            request.set_addrs(peer, client);
+                            d.consumed += len;
                             if expect && (body > 0 || chunked) && !reply.v10 {
                                 out.out()
                                     .extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
                             }
-                            if chunked {
-                                // Answered once the body is complete.
-                                st.chunk = Chunk::Size;
-                                st.chunked_total = 0;
-                                st.owed = reply;
+                            if whole {
+                                request.set_body(copy.slice(n..));
+                                answer(out, cx, reply, request);
+                                d.requests += 1;
+                                if !reply.keep_alive {
+                                    d.next = Next::Close;
+                                    return d;
+                                }
                                 continue;
                             }
-                            answer(out, cx, reply);
-                            d.requests += 1;
-                            st.body_left = body;
-                            if !reply.keep_alive {
-                                d.next = Next::Close;
-                                return d;
+                            // The body is still coming: collected in the state.
+                            st.owed = reply;
+                            st.extra().pending = Some(Pending {
+                                request,
+                                body: BytesMut::with_capacity(
+                                    (body as usize).min(crate::buffer::BUF_SIZE),
+                                ),
+                                chunked_total: 0,
+                            });
+                            if chunked {
+                                st.chunk = Chunk::Size;
+                            } else {
+                                st.body_left = body;
                             }
                             continue;
                         }
@@ -486,6 +594,9 @@ impl Http {
             out.out().extend_from_slice(error);
             st.chunk = Chunk::Off;
             st.body_left = 0;
+            if let Some(e) = st.extra.as_deref_mut() {
+                e.pending = None;
+            }
             d.requests += 1;
             d.errors += 1;
             d.consumed = input.len();
@@ -494,11 +605,22 @@ impl Http {
         }
     }
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::clock::Clock;
+    use crate::http::{App, Framing, hello};
+    use crate::protocol::Protocol;
+    use crate::service::Codec;
+
+    type Http = Limits;
+
+    /// The built-in hello service under limits `p`.
+    fn app(p: &Limits) -> App<fn(Request) -> Response> {
+        App::new(hello as fn(Request) -> Response)
+            .limits(p.clone())
+            .addresses(false)
+    }
 
     /// Feeds `input` in pieces of `step` bytes the way the reactor does (unconsumed bytes
     /// are offered again with the next piece) and returns the output and the last `Next`.
@@ -512,7 +634,7 @@ mod tests {
         let mut requests = 0;
         for chunk in input.chunks(step.max(1)) {
             pending.extend_from_slice(chunk);
-            let d = p.decode(&mut st, &pending, &mut out, &cx);
+            let d = app(p).decode(&mut st, &pending, &mut out, &cx);
             pending.drain(..d.consumed);
             requests += d.requests;
             next = d.next;
@@ -652,7 +774,11 @@ GET /y HTTP/1.1\r\nHost: b\r\n\r\n";
         let cx = Cx::new(&clock);
         let mut out = BytesMut::new();
         let mut calls = Vec::new();
-        let d = HttpCodec(p.clone()).decode(
+        let codec = Framing {
+            limits: p.clone(),
+            addresses: false,
+        };
+        let d = codec.decode(
             &mut HttpState::default(),
             input,
             &mut Calls::new(&mut out, &mut calls),
@@ -801,9 +927,9 @@ GET /y HTTP/1.1\r\nHost: b\r\n\r\n";
         let input = b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n";
         let mut st = HttpState::default();
         let mut out = BytesMut::new();
-        let d = Http::default().decode(&mut st, input, &mut out, &cx);
+        let d = app(&Http::default()).decode(&mut st, input, &mut out, &cx);
         assert_eq!((d.requests, d.next), (1, Next::Yield));
-        let d2 = Http::default().decode(&mut st, &input[d.consumed..], &mut out, &cx);
+        let d2 = app(&Http::default()).decode(&mut st, &input[d.consumed..], &mut out, &cx);
         assert_eq!(
             (d2.requests, d2.next, d.consumed + d2.consumed),
             (1, Next::NeedMore, input.len())
