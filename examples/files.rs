@@ -1,96 +1,71 @@
-//! A service whose handler blocks: each request names a file, and a worker reads it
-//! from disk (a blocking `std::fs::read`) and answers with its size and line count. The
-//! [`Codec`] decodes and encodes on the loop; only the file read runs on the worker
-//! pool, so a slow disk holds up a worker, never the other connections.
+//! Files over HTTP, read on the worker pool: `GET /NAME` answers the file NAME of the
+//! served folder with a `Content-Type` by its extension. The read (`std::fs::read`)
+//! blocks, so the handler runs on the pool ([`App::on_pool`]): a slow disk holds up a
+//! worker, never the other connections.
 //!
 //! ```text
-//! notes.txt    ->  OK notes.txt 1234 bytes 56 lines
-//! missing.txt  ->  ERR missing.txt: No such file or directory (os error 2)
-//! ../secret    ->  ERR ../secret: names a file in the served folder only
+//! GET /notes.txt     ->  200, text/plain; charset=utf-8, the file
+//! GET /missing.txt   ->  404
+//! GET /../secret     ->  403 (only files of the served folder, no `..`)
+//! POST /notes.txt    ->  405
 //! ```
 //!
 //! `cargo run --release --example files -- DIR` serves DIR (default: the current folder)
 //! on 127.0.0.1:7380 with 4 workers growing to 16; reactor options may follow DIR
-//! (`--workers`, `--workers-max`, `--handler-timeout`, ...).
+//! (`--addr`, `--workers`, `--workers-max`, `--handler-timeout`, ...).
 //!
 //! ```sh
-//! printf 'Cargo.toml\nREADME.md\n' | nc -q1 127.0.0.1 7380
+//! curl -i http://127.0.0.1:7380/Cargo.toml
 //! ```
 
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use clap::Parser;
-use reactor::bytes::BytesMut;
-use reactor::protocol::{Cx, Decoded, Next};
-use reactor::service::{Calls, Codec, Failure, Pooled};
+use reactor::http::{App, Request, Response};
 
-/// Longest request line.
-const MAX_LINE: usize = 4096;
-
-/// One file name per line in, one line out.
-#[derive(Clone)]
-pub struct FileLines;
-
-impl Codec for FileLines {
-    type State = ();
-    type Request = String;
-    type Response = String;
-
-    fn decode(&self, _: &mut (), input: &[u8], out: &mut Calls<String>, cx: &Cx) -> Decoded {
-        let mut d = Decoded::default();
-        loop {
-            let rest = &input[d.consumed..];
-            let Some(nl) = rest.iter().position(|&b| b == b'\n') else {
-                if rest.len() > MAX_LINE {
-                    out.out().extend_from_slice(b"ERR line too long\n");
-                    d.requests += 1;
-                    d.errors += 1;
-                    d.consumed = input.len();
-                    d.next = Next::Close;
-                }
-                return d;
-            };
-            if d.at_limit(cx, out.out()) {
-                return d;
-            }
-            let line = rest[..nl].strip_suffix(b"\r").unwrap_or(&rest[..nl]);
-            match std::str::from_utf8(line) {
-                Ok(name) => out.call(name.to_string()),
-                Err(_) => {
-                    // Answered at once, yet still after the answers owed before it.
-                    out.out().extend_from_slice(b"ERR a file name is UTF-8\n");
-                    d.errors += 1;
-                }
-            }
-            d.consumed += nl + 1;
-            d.requests += 1;
-        }
-    }
-
-    fn encode(&self, answer: String, out: &mut BytesMut, _: &Cx) {
-        out.extend_from_slice(answer.as_bytes());
-        out.extend_from_slice(b"\n");
-    }
-
-    fn encode_failure(&self, f: Failure, out: &mut BytesMut, _: &Cx) {
-        out.extend_from_slice(format!("ERR {f}\n").as_bytes());
+/// The media type of a file, by its extension.
+pub fn content_type(name: &str) -> &'static str {
+    let ext = Path::new(name)
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    match ext.as_str() {
+        "html" | "htm" => "text/html; charset=utf-8",
+        "css" => "text/css; charset=utf-8",
+        "js" => "text/javascript; charset=utf-8",
+        "json" => "application/json",
+        "txt" | "md" | "toml" | "rs" | "sh" => "text/plain; charset=utf-8",
+        "svg" => "image/svg+xml",
+        "png" => "image/png",
+        "jpg" | "jpeg" => "image/jpeg",
+        "gif" => "image/gif",
+        "pdf" => "application/pdf",
+        _ => "application/octet-stream",
     }
 }
 
 /// The blocking part: runs on a worker.
-pub fn describe(dir: &Path, name: &str) -> String {
+pub fn serve(dir: &Path, req: Request) -> Response {
+    if !matches!(req.method(), "GET" | "HEAD") {
+        return Response::new(405).header("Allow", "GET, HEAD");
+    }
+    let name = req.path().trim_start_matches('/');
     let plain = Path::new(name)
         .components()
-        .all(|c| matches!(c, std::path::Component::Normal(_)));
+        .all(|c| matches!(c, Component::Normal(_)));
     if name.is_empty() || !plain {
-        return format!("ERR {name}: names a file in the served folder only");
+        return Response::new(403).body("only the files of the served folder\n");
     }
     match std::fs::read(dir.join(name)) {
-        Ok(bytes) => {
-            let lines = bytes.iter().filter(|&&b| b == b'\n').count();
-            format!("OK {name} {} bytes {lines} lines", bytes.len())
+        Ok(bytes) => Response::new(200)
+            .header("Content-Type", content_type(name))
+            .body(bytes),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Response::new(404),
+        Err(e) => {
+            log::warn!("{name}: {e}");
+            Response::new(500)
         }
-        Err(e) => format!("ERR {name}: {e}"),
     }
 }
 
@@ -115,8 +90,8 @@ fn main() {
     .chain(rest);
     let cfg = reactor::Config::parse_from(args);
     log::info!("serving the files of {}", dir.display());
-    let service = move |name: String| describe(&dir, &name);
-    if let Err(e) = reactor::server::run_with(&cfg, Pooled::new(FileLines, service)) {
+    let app = App::new(move |req| serve(&dir, req)).addresses(false);
+    if let Err(e) = reactor::server::run_with(&cfg, app.on_pool()) {
         eprintln!("files: {e}");
         std::process::exit(1);
     }
@@ -129,12 +104,38 @@ mod tests {
     use std::net::TcpStream;
     use std::time::Duration;
 
+    /// Reads one response: its status, its headers (lower-cased names) and its body.
+    fn response(r: &mut impl BufRead) -> (u16, Vec<(String, String)>, Vec<u8>) {
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        let status = line.split(' ').nth(1).unwrap().parse().unwrap();
+        let mut headers = Vec::new();
+        loop {
+            let mut h = String::new();
+            r.read_line(&mut h).unwrap();
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            let (n, v) = h.split_once(':').unwrap();
+            headers.push((n.to_ascii_lowercase(), v.trim().to_string()));
+        }
+        let len: usize = headers
+            .iter()
+            .find(|(n, _)| n == "content-length")
+            .map_or(0, |(_, v)| v.parse().unwrap());
+        let mut body = vec![0; len];
+        r.read_exact(&mut body).unwrap();
+        (status, headers, body)
+    }
+
     #[test]
     fn files_are_read_on_the_pool_and_answered_in_order() {
         let dir = std::env::temp_dir().join(format!("reactor-files-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("two.txt"), "one\ntwo\n").unwrap();
-        std::fs::write(dir.join("empty"), "").unwrap();
+        std::fs::write(dir.join("page.html"), "<p>hi</p>").unwrap();
+        std::fs::write(dir.join("blob"), [0u8, 1, 2]).unwrap();
         let cfg = reactor::Config {
             addr: "127.0.0.1:0".parse().unwrap(),
             threads: 1,
@@ -143,29 +144,34 @@ mod tests {
             ..reactor::Config::default()
         };
         let served = dir.clone();
-        let srv = reactor::Server::start_with(
-            &cfg,
-            Pooled::new(FileLines, move |n: String| describe(&served, &n)),
-        )
-        .unwrap();
+        let app = App::new(move |req| serve(&served, req));
+        let srv = reactor::Server::start_with(&cfg, app.on_pool()).unwrap();
         let c = TcpStream::connect(srv.local_addr()).unwrap();
         c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-        (&c).write_all(b"two.txt\nmissing\n../two.txt\n\xff\nempty\n/etc/passwd\n")
+        // Pipelined: the answers come back in request order whatever the workers do.
+        for path in ["/two.txt", "/missing", "/../two.txt", "/page.html", "/blob"] {
+            write!(&c, "GET {path} HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+        }
+        (&c).write_all(b"POST /two.txt HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n")
             .unwrap();
         let mut r = BufReader::new(c);
-        let got: Vec<String> = (0..6)
-            .map(|_| {
-                let mut l = String::new();
-                r.read_line(&mut l).unwrap();
-                l
-            })
-            .collect();
-        assert_eq!(got[0], "OK two.txt 8 bytes 2 lines\n");
-        assert!(got[1].starts_with("ERR missing: "), "{}", got[1]);
-        assert!(got[2].contains("served folder only"), "{}", got[2]);
-        assert_eq!(got[3], "ERR a file name is UTF-8\n");
-        assert_eq!(got[4], "OK empty 0 bytes 0 lines\n");
-        assert!(got[5].contains("served folder only"), "{}", got[5]);
+        let ct = |h: &[(String, String)]| {
+            h.iter()
+                .find(|(n, _)| n == "content-type")
+                .map(|(_, v)| v.clone())
+        };
+        let (s, h, b) = response(&mut r);
+        assert_eq!((s, &b[..]), (200, &b"one\ntwo\n"[..]));
+        assert_eq!(ct(&h).as_deref(), Some("text/plain; charset=utf-8"));
+        assert_eq!(response(&mut r).0, 404);
+        assert_eq!(response(&mut r).0, 403);
+        let (s, h, b) = response(&mut r);
+        assert_eq!((s, &b[..]), (200, &b"<p>hi</p>"[..]));
+        assert_eq!(ct(&h).as_deref(), Some("text/html; charset=utf-8"));
+        let (s, h, b) = response(&mut r);
+        assert_eq!((s, &b[..]), (200, &[0u8, 1, 2][..]));
+        assert_eq!(ct(&h).as_deref(), Some("application/octet-stream"));
+        assert_eq!(response(&mut r).0, 405);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

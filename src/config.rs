@@ -1,23 +1,58 @@
-//! Every setting of the server and its default, in one place.
+//! Every setting of the server and its default, in one place: [`Config`], a plain
+//! struct with defaults and chainable setters. With the `cli` feature (on by default)
+//! it is also the command line of the `reactor` binary (each field's flag, help and
+//! default beside it); without it the library has no command-line parser in its
+//! build.
+//!
+//! ```
+//! use std::time::Duration;
+//!
+//! let cfg = reactor::Config::default()
+//!     .addr("127.0.0.1:0".parse().unwrap())
+//!     .threads(2)
+//!     .idle_timeout(Duration::from_secs(300));
+//! assert_eq!(cfg.threads, 2);
+//! assert_eq!(cfg.high_water, 64 * 1024);
+//! ```
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
+#[cfg(feature = "cli")]
 use clap::{Parser, ValueEnum};
 
 use crate::proxy::{Cidr, ProxyMode};
 use crate::service::Work;
 
 /// `--proxy-from`: trusted networks.
+///
+/// ```
+/// let nets = reactor::config::CidrList::parse("10.0.0.0/8,::1/128").unwrap();
+/// assert_eq!(nets.0.len(), 2);
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CidrList(pub Vec<Cidr>);
 
+impl CidrList {
+    /// Networks as CIDRs separated by commas.
+    pub fn parse(s: &str) -> Result<CidrList, String> {
+        parse_cidrs(s)
+    }
+}
+
+#[cfg_attr(not(feature = "cli"), allow(dead_code))]
 fn parse_cidrs(s: &str) -> Result<CidrList, String> {
     crate::proxy::parse_cidrs(s).map(CidrList)
 }
 
 /// The protocol a server speaks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+///
+/// ```
+/// assert_ne!(reactor::ProtocolKind::Http, reactor::ProtocolKind::Echo);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "cli", derive(ValueEnum))]
 pub enum ProtocolKind {
     /// Every byte read is written back.
     Echo,
@@ -28,193 +63,355 @@ pub enum ProtocolKind {
 }
 
 /// reactor: a TCP server on the operating system's event loop, one loop per thread.
-#[derive(Clone, Debug, Parser)]
-#[command(name = "reactor", version, about, long_about = None, args_override_self = true)]
+#[derive(Clone, Debug)]
+#[cfg_attr(feature = "cli", derive(Parser))]
+#[cfg_attr(
+    feature = "cli",
+    command(name = "reactor", version, about, long_about = None, args_override_self = true)
+)]
 pub struct Config {
     /// Address to listen on.
-    #[arg(long, default_value = "0.0.0.0:8080")]
+    #[cfg_attr(feature = "cli", arg(long, default_value = "0.0.0.0:8080"))]
     pub addr: SocketAddr,
 
     /// Protocol to speak.
-    #[arg(long, value_enum, default_value_t = ProtocolKind::Http)]
+    #[cfg_attr(feature = "cli", arg(long, value_enum, default_value_t = ProtocolKind::Http))]
     pub protocol: ProtocolKind,
 
     /// Reactor threads, each with its own SO_REUSEPORT listener (0 = one per CPU).
-    #[arg(long, default_value_t = 0)]
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 0))]
     pub threads: usize,
 
     /// Listen backlog (the kernel caps it at net.core.somaxconn).
-    #[arg(long, default_value_t = 4096)]
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 4096))]
     pub backlog: i32,
 
     /// TCP keep-alive idle time of accepted sockets, in seconds (0 = off).
-    #[arg(long, default_value_t = 60)]
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 60))]
     pub keepalive_secs: u64,
 
     /// Close a connection with no request in progress after this long ("60", "60s",
     /// "500ms"; 0 = never).
-    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    #[cfg_attr(feature = "cli", arg(long, default_value = "60s", value_parser = parse_duration))]
     pub idle_timeout: Duration,
 
     /// Close a connection whose request is not complete this long after its first byte;
     /// later bytes do not extend it (0 = never).
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    #[cfg_attr(feature = "cli", arg(long, default_value = "30s", value_parser = parse_duration))]
     pub read_timeout: Duration,
 
     /// Close a connection whose pending output makes no progress for this long
     /// (0 = never).
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    #[cfg_attr(feature = "cli", arg(long, default_value = "30s", value_parser = parse_duration))]
     pub write_timeout: Duration,
 
     /// Most concurrent connections, over all threads; past it new connections are
     /// accepted and closed at once, and counted as rejected. 0 = the open-files limit
     /// less a reserve of 32 descriptors.
-    #[arg(long, default_value_t = 0)]
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 0))]
     pub max_connections: usize,
 
     /// Stop reading from a connection while its unsent output is above this many bytes.
-    #[arg(long, default_value_t = 64 * 1024)]
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 64 * 1024))]
     pub high_water: usize,
+
+    /// A push (bytes written to a connection from a hook or another thread) to a
+    /// connection that owes this many bytes already is refused and counted
+    /// (`pushes_refused`): what a client that reads slowly or not at all can cost.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 1024 * 1024))]
+    pub push_limit: usize,
 
     /// Most bytes a connection may have sent that its protocol has not consumed yet (a
     /// request still incomplete): past it, the connection is answered what was
     /// complete, then closed, and counted (`input_overflows`). It bounds every
     /// protocol's memory, the built-in ones and yours.
-    #[arg(long, default_value_t = 1024 * 1024)]
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 1024 * 1024))]
     pub max_input: usize,
 
     /// Hold every answer back this many milliseconds (on the timer wheel, never by
     /// sleeping); each connection's next request is read once its answer is out.
-    #[arg(long, default_value_t = 0)]
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 0))]
     pub delay_ms: u64,
 
     /// HTTP: largest request head in bytes (431 past it).
-    #[arg(long, default_value_t = crate::wire::http::MAX_HEADER_BYTES)]
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = crate::wire::http::MAX_HEADER_BYTES))]
     pub max_header_bytes: usize,
 
     /// HTTP: most header lines in a request (431 past it; at most 256).
-    #[arg(long, default_value_t = crate::wire::http::MAX_HEADERS)]
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = crate::wire::http::MAX_HEADERS))]
     pub max_headers: usize,
 
     /// HTTP: largest request body in bytes (413 past it).
-    #[arg(long, default_value_t = crate::wire::http::MAX_BODY)]
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = crate::wire::http::MAX_BODY))]
     pub max_body: u64,
 
     /// JSON: largest message in bytes (an error line and a close past it).
-    #[arg(long, default_value_t = crate::wire::json::MAX_MESSAGE)]
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = crate::wire::json::MAX_MESSAGE))]
     pub max_message: usize,
 
     /// On SIGINT/SIGTERM, wait this long for requests in progress before cutting them.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[cfg_attr(feature = "cli", arg(long, default_value = "10s", value_parser = parse_duration))]
     pub drain_timeout: Duration,
 
     /// Idle 4 KB buffers each thread keeps for reuse; more are freed.
-    #[arg(long, default_value_t = 1024)]
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 1024))]
     pub pool_buffers: usize,
 
     /// Log a line of counters and rates every this often (0 = only at exit).
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[cfg_attr(feature = "cli", arg(long, default_value = "10s", value_parser = parse_duration))]
     pub stats_interval: Duration,
 
     /// Serve GET /metrics (Prometheus) and GET /health on this address (off unless
     /// given), from a loop of its own.
-    #[arg(long)]
+    #[cfg_attr(feature = "cli", arg(long))]
     pub metrics_addr: Option<SocketAddr>,
 
     /// Expect a PROXY protocol header (HAProxy's, version 1 text or 2 binary) at the
     /// start of each connection from a peer in --proxy-from; its client address is
     /// what per-address limits and logs use.
-    #[arg(long, value_enum, default_value_t = ProxyMode::Off, help_heading = "Behind a load balancer")]
+    #[cfg_attr(feature = "cli", arg(long, value_enum, default_value_t = ProxyMode::Off, help_heading = "Behind a load balancer"))]
     pub proxy_protocol: ProxyMode,
 
     /// Peers allowed (and required) to send a PROXY header, as CIDR networks separated
     /// by commas. A header from any other peer closes its connection.
-    #[arg(long, default_value = "127.0.0.0/8,::1/128", value_parser = parse_cidrs, help_heading = "Behind a load balancer")]
+    #[cfg_attr(feature = "cli", arg(long, default_value = "127.0.0.0/8,::1/128", value_parser = parse_cidrs, help_heading = "Behind a load balancer"))]
     pub proxy_from: CidrList,
 
     /// How long a trusted peer has to send its whole PROXY header.
-    #[arg(long, default_value = "3s", value_parser = parse_duration, help_heading = "Behind a load balancer")]
+    #[cfg_attr(feature = "cli", arg(long, default_value = "3s", value_parser = parse_duration, help_heading = "Behind a load balancer"))]
     pub proxy_timeout: Duration,
 
     /// Offer this server's listening sockets to a successor on a Unix socket at this
     /// path (mode 0600): a new server started with --takeover PATH takes them, and this
     /// one drains. Nothing waiting in an accept queue is lost.
-    #[arg(long, help_heading = "Behind a load balancer")]
-    pub handover: Option<std::path::PathBuf>,
+    #[cfg_attr(feature = "cli", arg(long, help_heading = "Behind a load balancer"))]
+    pub handover: Option<PathBuf>,
 
     /// Start by taking the listening sockets of the server offering them at this path
     /// (its --handover), instead of binding --addr. One thread per listener taken.
-    #[arg(long, help_heading = "Behind a load balancer")]
-    pub takeover: Option<std::path::PathBuf>,
+    #[cfg_attr(feature = "cli", arg(long, help_heading = "Behind a load balancer"))]
+    pub takeover: Option<PathBuf>,
 
     /// On a drain, how long a connection that has not sent its first request yet may
     /// still send it (one accepted just before the drain is not idle).
-    #[arg(long, default_value = "1s", value_parser = parse_duration, help_heading = "Behind a load balancer")]
+    #[cfg_attr(feature = "cli", arg(long, default_value = "1s", value_parser = parse_duration, help_heading = "Behind a load balancer"))]
     pub drain_grace: Duration,
 
     /// Most connections from one client address at once; past it new connections from
     /// that address are closed at once and counted as rejected (0 = no limit).
-    #[arg(long, default_value_t = 0)]
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 0))]
     pub max_connections_per_ip: usize,
 
     /// Speak TLS (1.2 and 1.3, with rustls) on every connection, with this PEM
     /// certificate chain (the server's certificate first). Needs --tls-key. SIGHUP
     /// reads both files again.
-    #[arg(long, requires = "tls_key", help_heading = "TLS")]
-    pub tls_cert: Option<std::path::PathBuf>,
+    #[cfg_attr(feature = "cli", arg(long, requires = "tls_key", help_heading = "TLS"))]
+    pub tls_cert: Option<PathBuf>,
 
     /// The PEM private key of --tls-cert (PKCS#8, PKCS#1 or SEC1).
-    #[arg(long, requires = "tls_cert", help_heading = "TLS")]
-    pub tls_key: Option<std::path::PathBuf>,
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, requires = "tls_cert", help_heading = "TLS")
+    )]
+    pub tls_key: Option<PathBuf>,
 
     /// Worker threads for handlers that may block, started up front (0 = no pool: every
     /// answer is computed on the loop).
-    #[arg(long, default_value_t = 0, help_heading = "Worker pool")]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, default_value_t = 0, help_heading = "Worker pool")
+    )]
     pub workers: usize,
 
     /// Most worker threads: the pool grows past --workers while jobs wait and every
     /// worker is busy (0 = the same as --workers, a fixed pool).
-    #[arg(long, default_value_t = 0, help_heading = "Worker pool")]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, default_value_t = 0, help_heading = "Worker pool")
+    )]
     pub workers_max: usize,
 
     /// A worker beyond --workers that is idle this long exits.
-    #[arg(long, default_value = "10s", value_parser = parse_duration, help_heading = "Worker pool")]
+    #[cfg_attr(feature = "cli", arg(long, default_value = "10s", value_parser = parse_duration, help_heading = "Worker pool"))]
     pub worker_idle: Duration,
 
     /// Most jobs waiting for a worker; past it, connections are not read until room
     /// frees (backpressure, not loss).
-    #[arg(long, default_value_t = 1024, help_heading = "Worker pool")]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, default_value_t = 1024, help_heading = "Worker pool")
+    )]
     pub queue: usize,
 
     /// Most jobs in flight per connection; past it the connection is not read until
     /// one completes.
-    #[arg(long, default_value_t = 16, help_heading = "Worker pool")]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, default_value_t = 16, help_heading = "Worker pool")
+    )]
     pub max_inflight: usize,
 
     /// Answer a request whose handler has not finished after this long with HTTP 503 or
     /// a JSON error line, and drop the late result (0 = wait for ever).
-    #[arg(long, default_value = "0", value_parser = parse_duration, help_heading = "Worker pool")]
+    #[cfg_attr(feature = "cli", arg(long, default_value = "0", value_parser = parse_duration, help_heading = "Worker pool"))]
     pub handler_timeout: Duration,
 
     /// Stack size of a worker thread, in bytes.
-    #[arg(long, default_value_t = 256 * 1024, help_heading = "Worker pool")]
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 256 * 1024, help_heading = "Worker pool"))]
     pub worker_stack: usize,
 
     /// Run each json or http answer on the worker pool after this work: `sleep:D` (a
     /// blocking sleep, the seeds' slow handler) or `spin:D` (D of CPU), e.g. sleep:10ms,
     /// spin:100us. Needs --workers.
-    #[arg(long, value_parser = parse_work, help_heading = "Worker pool")]
+    #[cfg_attr(feature = "cli", arg(long, value_parser = parse_work, help_heading = "Worker pool"))]
     pub work: Option<Work>,
 }
 
+#[cfg_attr(not(feature = "cli"), allow(dead_code))]
 fn parse_work(s: &str) -> Result<Work, String> {
     s.parse()
 }
 
 impl Default for Config {
+    /// The defaults (the command line's, with no flag given; a test checks that both
+    /// agree).
     fn default() -> Self {
-        Config::parse_from(["reactor"])
+        Config {
+            addr: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            protocol: ProtocolKind::Http,
+            threads: 0,
+            backlog: 4096,
+            keepalive_secs: 60,
+            idle_timeout: Duration::from_secs(60),
+            read_timeout: Duration::from_secs(30),
+            write_timeout: Duration::from_secs(30),
+            max_connections: 0,
+            high_water: 64 * 1024,
+            push_limit: 1024 * 1024,
+            max_input: 1024 * 1024,
+            delay_ms: 0,
+            max_header_bytes: crate::wire::http::MAX_HEADER_BYTES,
+            max_headers: crate::wire::http::MAX_HEADERS,
+            max_body: crate::wire::http::MAX_BODY,
+            max_message: crate::wire::json::MAX_MESSAGE,
+            drain_timeout: Duration::from_secs(10),
+            pool_buffers: 1024,
+            stats_interval: Duration::from_secs(10),
+            metrics_addr: None,
+            proxy_protocol: ProxyMode::Off,
+            proxy_from: CidrList::parse("127.0.0.0/8,::1/128").unwrap_or(CidrList(Vec::new())),
+            proxy_timeout: Duration::from_secs(3),
+            handover: None,
+            takeover: None,
+            drain_grace: Duration::from_secs(1),
+            max_connections_per_ip: 0,
+            tls_cert: None,
+            tls_key: None,
+            workers: 0,
+            workers_max: 0,
+            worker_idle: Duration::from_secs(10),
+            queue: 1024,
+            max_inflight: 16,
+            handler_timeout: Duration::ZERO,
+            worker_stack: 256 * 1024,
+            work: None,
+        }
     }
+}
+
+/// `pub fn NAME(self, value) -> Self` for each field: chainable setters.
+macro_rules! setters {
+    ($($(#[$doc:meta])* $name:ident: $ty:ty),* $(,)?) => {
+        impl Config {
+            $(
+                $(#[$doc])*
+                #[must_use]
+                pub fn $name(mut self, value: $ty) -> Config {
+                    self.$name = value;
+                    self
+                }
+            )*
+        }
+    };
+}
+
+setters! {
+    /// Sets [`Config::addr`].
+    addr: SocketAddr,
+    /// Sets [`Config::protocol`].
+    protocol: ProtocolKind,
+    /// Sets [`Config::threads`].
+    threads: usize,
+    /// Sets [`Config::backlog`].
+    backlog: i32,
+    /// Sets [`Config::keepalive_secs`].
+    keepalive_secs: u64,
+    /// Sets [`Config::idle_timeout`].
+    idle_timeout: Duration,
+    /// Sets [`Config::read_timeout`].
+    read_timeout: Duration,
+    /// Sets [`Config::write_timeout`].
+    write_timeout: Duration,
+    /// Sets [`Config::max_connections`].
+    max_connections: usize,
+    /// Sets [`Config::high_water`].
+    high_water: usize,
+    /// Sets [`Config::push_limit`].
+    push_limit: usize,
+    /// Sets [`Config::max_input`].
+    max_input: usize,
+    /// Sets [`Config::delay_ms`].
+    delay_ms: u64,
+    /// Sets [`Config::max_header_bytes`].
+    max_header_bytes: usize,
+    /// Sets [`Config::max_headers`].
+    max_headers: usize,
+    /// Sets [`Config::max_body`].
+    max_body: u64,
+    /// Sets [`Config::max_message`].
+    max_message: usize,
+    /// Sets [`Config::drain_timeout`].
+    drain_timeout: Duration,
+    /// Sets [`Config::pool_buffers`].
+    pool_buffers: usize,
+    /// Sets [`Config::stats_interval`].
+    stats_interval: Duration,
+    /// Sets [`Config::metrics_addr`].
+    metrics_addr: Option<SocketAddr>,
+    /// Sets [`Config::proxy_protocol`].
+    proxy_protocol: ProxyMode,
+    /// Sets [`Config::proxy_from`].
+    proxy_from: CidrList,
+    /// Sets [`Config::proxy_timeout`].
+    proxy_timeout: Duration,
+    /// Sets [`Config::handover`].
+    handover: Option<PathBuf>,
+    /// Sets [`Config::takeover`].
+    takeover: Option<PathBuf>,
+    /// Sets [`Config::drain_grace`].
+    drain_grace: Duration,
+    /// Sets [`Config::max_connections_per_ip`].
+    max_connections_per_ip: usize,
+    /// Sets [`Config::tls_cert`].
+    tls_cert: Option<PathBuf>,
+    /// Sets [`Config::tls_key`].
+    tls_key: Option<PathBuf>,
+    /// Sets [`Config::workers`].
+    workers: usize,
+    /// Sets [`Config::workers_max`].
+    workers_max: usize,
+    /// Sets [`Config::worker_idle`].
+    worker_idle: Duration,
+    /// Sets [`Config::queue`].
+    queue: usize,
+    /// Sets [`Config::max_inflight`].
+    max_inflight: usize,
+    /// Sets [`Config::handler_timeout`].
+    handler_timeout: Duration,
+    /// Sets [`Config::worker_stack`].
+    worker_stack: usize,
+    /// Sets [`Config::work`].
+    work: Option<Work>,
 }
 
 /// Parses "30" (seconds), "30s", "250ms", "2m".
@@ -273,8 +470,20 @@ mod tests {
         assert!(c.work.is_none());
     }
 
+    /// The defaults are written twice (the `Default` of the library, the flags' of the
+    /// command line): they must agree.
+    #[cfg(feature = "cli")]
+    #[test]
+    fn the_command_lines_defaults_are_the_librarys() {
+        assert_eq!(
+            format!("{:?}", Config::default()),
+            format!("{:?}", Config::parse_from(["reactor"]))
+        );
+    }
+
     /// The examples put their own defaults first (`--addr 127.0.0.1:7379`); an option
     /// given again after them wins, as the documentation of every example says.
+    #[cfg(feature = "cli")]
     #[test]
     fn an_option_given_twice_takes_the_last_value() {
         let c = Config::try_parse_from([

@@ -13,11 +13,13 @@
 //!
 //! **Backpressure.** A push is *refused* (dropped, and counted in
 //! [`Counters::pushes_refused`](crate::stats::Counters::pushes_refused)), never buffered
-//! without bound, when the connection's output is at its high-water mark
-//! ([`Config::high_water`](crate::Config::high_water)) or the connection is gone or
-//! closing. A shard takes pushes in batches through an inbox of at most 64 times the
-//! high-water mark; while that is full, [`Pusher::push`] returns
-//! [`PushError::Busy`] at once. Nothing a pusher does ever blocks it.
+//! without bound, when the connection already owes its peer
+//! [`Config::push_limit`](crate::Config::push_limit) bytes (1 MiB by default: room for
+//! a reader that is behind for a moment, not for one that stopped reading), or is gone
+//! or closing. A shard takes pushes in batches through an inbox of at most 16 push
+//! limits; while that is full, [`Pusher::push`] returns [`PushError::Busy`] at once.
+//! Nothing a pusher does ever blocks it. So a client that never reads costs the server
+//! at most its push limit, whatever is pushed to it.
 //!
 //! ```
 //! use reactor::connection::{ConnId, PushError, Pusher};
@@ -262,8 +264,8 @@ impl Pusher {
 
     /// Sends `bytes` to connection `to`, after every answer it was already given. `Ok`
     /// means the bytes reached the shard's inbox: the shard still refuses them (and
-    /// counts them) if the connection is gone or over its high-water mark by the time
-    /// it takes them.
+    /// counts them) if the connection is gone or over its push limit by the time it
+    /// takes them.
     pub fn push(&self, to: ConnId, bytes: impl Into<Bytes>) -> Result<(), PushError> {
         let Some(shard) = self.shards.get(to.shard()) else {
             return Err(PushError::Gone);

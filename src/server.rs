@@ -32,8 +32,8 @@ use crate::workers::{Pool, PoolConfig};
 
 /// Descriptors kept back from --max-connections for listeners, logs and the like.
 const FD_RESERVE: u64 = 32;
-/// A shard's push inbox holds at most this many times the high-water mark.
-const PUSH_INBOX_MARKS: usize = 64;
+/// A shard's push inbox holds at most this many times the push limit.
+const PUSH_INBOX_LIMITS: usize = 16;
 /// How long a stopped server waits for jobs still running on its workers.
 const POOL_STOP_WAIT: Duration = Duration::from_secs(1);
 
@@ -274,6 +274,7 @@ impl Server {
                 proxy: cfg.proxy_timeout.as_millis() as u64,
             },
             high_water: cfg.high_water.max(1),
+            push_limit: cfg.push_limit.max(1),
             max_input: cfg.max_input.max(1),
             delay_ms: cfg.delay_ms,
             max_conns: max_conns.div_ceil(threads),
@@ -323,7 +324,7 @@ impl Server {
             let poll = Poll::new()?;
             let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
             let inbox = Arc::new(PushBox::new(
-                set.high_water.saturating_mul(PUSH_INBOX_MARKS),
+                set.push_limit.saturating_mul(PUSH_INBOX_LIMITS),
                 waker.clone(),
             ));
             inboxes.push(inbox.clone());

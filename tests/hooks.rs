@@ -2,7 +2,7 @@
 //! connection opens (with the peer's address, or the PROXY header's client; after the
 //! TLS handshake) and closes (with the reason), may refuse one, may set timers, and any
 //! thread may push to any connection, with pushes refused (and counted) past the
-//! high-water mark rather than buffered.
+//! push limit rather than buffered.
 
 mod common;
 
@@ -212,13 +212,13 @@ fn a_push_to_a_closed_connection_is_refused_even_when_its_slot_is_reused() {
     assert_eq!(line(&mut r2), "ok\n");
 }
 
-/// A peer that never reads: pushes pile up to the high-water mark and are then refused
-/// and counted, never buffered without bound; a reading peer on the same shard still
-/// gets every push.
+/// A peer that never reads: pushes pile up to the push limit and are then refused and
+/// counted, never buffered without bound; a reading peer on the same shard still gets
+/// every push.
 #[test]
-fn pushes_past_the_high_water_mark_are_refused_not_buffered() {
+fn pushes_past_the_push_limit_are_refused_not_buffered() {
     let room = Room::default();
-    let srv = reactor::Server::start_with(&config("--high-water 16384"), room.clone()).unwrap();
+    let srv = reactor::Server::start_with(&config("--push-limit 16384"), room.clone()).unwrap();
     let (stuck, mut rs) = client(srv.local_addr());
     line(&mut rs);
     let (_ok, mut ro) = client(srv.local_addr());
@@ -238,7 +238,7 @@ fn pushes_past_the_high_water_mark_are_refused_not_buffered() {
     let pusher = srv.pusher();
     let end = Instant::now() + DEADLINE;
     let (mut sent, mut taken, mut busy) = (0u64, 0u64, 0);
-    // Far more than the kernel's socket buffers and the high-water mark together.
+    // Far more than the kernel's socket buffers and the push limit together.
     while sent < 32 << 20 {
         assert!(
             Instant::now() < end,

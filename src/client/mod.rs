@@ -53,11 +53,11 @@
 //!
 //! ```
 //! use reactor::client::{self, Json, Options, Pool};
-//! use clap::Parser;
 //!
-//! let cfg = reactor::Config::parse_from([
-//!     "reactor", "--addr", "127.0.0.1:0", "--protocol", "json", "--threads", "1",
-//! ]);
+//! let cfg = reactor::Config::default()
+//!     .addr("127.0.0.1:0".parse().unwrap())
+//!     .protocol(reactor::ProtocolKind::Json)
+//!     .threads(1);
 //! let server = reactor::Server::start(&cfg)?;
 //!
 //! let pool = Pool::new(server.local_addr(), Json::default(), Options {

@@ -62,6 +62,8 @@ pub(super) struct Read {
 pub(crate) struct Settings {
     pub timeouts: Timeouts,
     pub high_water: usize,
+    /// A push to a connection owing this much is refused.
+    pub push_limit: usize,
     /// Most input a connection may hold unconsumed by its protocol.
     pub max_input: usize,
     pub delay_ms: u64,
@@ -384,7 +386,7 @@ impl<H: Handler> ConnIo<H> {
         if conn.stage != Stage::Serving || conn.tls().is_some_and(|t| t.handshaking) {
             return Pushed::Refused;
         }
-        if conn.backlog() >= self.set.high_water {
+        if conn.backlog() >= self.set.push_limit {
             return Pushed::Full;
         }
         if !bytes.is_empty() {

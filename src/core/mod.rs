@@ -355,6 +355,16 @@ impl<H: Handler> Shard<H> {
         }
     }
 
+    /// Places a push for connection `key` if it is still the one of `generation`.
+    fn place(&mut self, key: usize, generation: u32, bytes: &[u8]) -> Pushed {
+        match self.conns.get_mut(key) {
+            Some(conn) if gen_of(&self.io.gens, key) == generation => {
+                self.io.place_push(conn, bytes)
+            }
+            _ => Pushed::Refused,
+        }
+    }
+
     /// One drive per connection per batch, however many of its answers (or pushes)
     /// came in it.
     fn flush_touched<S: Sockets>(&mut self, sockets: &mut S) {
@@ -547,14 +557,16 @@ impl<H: Handler> Core for Shard<H> {
     fn wake<S: Sockets>(&mut self, sockets: &mut S) {
         if let Some(inbox) = self.inbox.as_ref() {
             inbox.take(&mut self.pushes);
-            for p in std::mem::take(&mut self.pushes) {
+            let mut pushes = std::mem::take(&mut self.pushes);
+            for p in pushes.drain(..) {
                 let key = p.to.key();
-                let placed = match self.conns.get_mut(key) {
-                    Some(conn) if gen_of(&self.io.gens, key) == p.to.generation() => {
-                        self.io.place_push(conn, &p.bytes)
-                    }
-                    _ => Pushed::Refused,
-                };
+                let mut placed = self.place(key, p.to.generation(), &p.bytes);
+                if placed == Pushed::Full {
+                    // Over the mark with what this batch placed so far: write it out,
+                    // and refuse only if the peer is not taking it.
+                    self.drive(sockets, key);
+                    placed = self.place(key, p.to.generation(), &p.bytes);
+                }
                 if placed == Pushed::Queued {
                     self.io.stats.pushes += 1;
                     self.touched.push(key);
@@ -562,6 +574,7 @@ impl<H: Handler> Core for Shard<H> {
                     self.io.stats.pushes_refused += 1;
                 }
             }
+            self.pushes = pushes;
         }
         let Some(off) = self.io.offload.as_mut() else {
             self.flush_touched(sockets);

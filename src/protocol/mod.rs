@@ -196,8 +196,8 @@ pub trait Protocol: Clone + Send + 'static {
     fn close(&self, _state: &mut Self::State, _conn: ConnId, _why: Closed) {}
 
     /// A timer set with [`Cx::set_timer`] is due. What it appends to `out` is sent
-    /// like a push (after every answer already placed; dropped at the high-water
-    /// mark); it may set the next timer. Not called once the connection is closing.
+    /// like a push (after every answer already placed; dropped past the push
+    /// limit); it may set the next timer. Not called once the connection is closing.
     fn timer(&self, _state: &mut Self::State, _out: &mut BytesMut, _cx: &Cx) {}
 }
 

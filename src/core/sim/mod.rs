@@ -44,14 +44,17 @@ use mio::{Events, Poll, Token, Waker};
 
 use super::conn::Timeouts;
 use super::{Close, Core, Pushed, Settings, Shard};
+use crate::connection::{Closed, ConnId, ConnInfo};
 use crate::http::{App, hello};
 use crate::protocol::json::{JsonCodec, JsonRequest};
+use crate::protocol::{Cx, Decoded, Protocol};
 use crate::protocol::{Echo, Json};
 use crate::proxy::{ProxyMode, Refusal};
 use crate::service::{Handler, Pooled};
 use crate::shared::Shared;
 use crate::tls::{HandshakeFailure, TlsShared, Trust};
 use crate::workers::{Point, Pool, Task};
+use bytes::BytesMut;
 use client::{Client, Proto};
 use net::{Net, Pipe};
 use rng::Rng;
@@ -146,6 +149,75 @@ struct Sim<H: Handler> {
     tls: Option<Arc<rustls::ClientConfig>>,
     tls12: Option<Arc<rustls::ClientConfig>>,
     tally: Tally,
+    /// With a protocol wrapped in [`Hooked`]: what its hooks were told.
+    hooks: Option<Arc<Mutex<HookLog>>>,
+}
+
+/// What a [`Hooked`] protocol's hooks were told.
+#[derive(Default)]
+struct HookLog {
+    open: std::collections::HashSet<ConnId>,
+    opened: u64,
+    closed: u64,
+    violations: Vec<String>,
+}
+
+/// A protocol whose open and close hooks are recorded, to check that every connection
+/// the protocol was told of opening is told of closing, once, and no other.
+#[derive(Clone)]
+struct Hooked<P> {
+    inner: P,
+    log: Arc<Mutex<HookLog>>,
+}
+
+impl<P: Protocol + Sync> Protocol for Hooked<P> {
+    type State = P::State;
+
+    fn decode(&self, st: &mut P::State, input: &[u8], out: &mut BytesMut, cx: &Cx) -> Decoded {
+        let log = self.log.lock().unwrap_or_else(|e| e.into_inner());
+        if !log.open.contains(&cx.conn()) {
+            drop(log);
+            self.violation(format!("decode for {}, which is not open", cx.conn()));
+        } else {
+            drop(log);
+        }
+        self.inner.decode(st, input, out, cx)
+    }
+
+    fn in_request(&self, st: &P::State) -> bool {
+        self.inner.in_request(st)
+    }
+
+    fn open(&self, st: &mut P::State, conn: &ConnInfo, out: &mut BytesMut, cx: &Cx) -> bool {
+        let mut log = self.log.lock().unwrap_or_else(|e| e.into_inner());
+        if !log.open.insert(conn.id) {
+            log.violations.push(format!("{} opened twice", conn.id));
+        }
+        log.opened += 1;
+        drop(log);
+        self.inner.open(st, conn, out, cx)
+    }
+
+    fn close(&self, st: &mut P::State, conn: ConnId, why: Closed) {
+        let mut log = self.log.lock().unwrap_or_else(|e| e.into_inner());
+        if !log.open.remove(&conn) {
+            log.violations
+                .push(format!("{conn} closed ({why}) but not open"));
+        }
+        log.closed += 1;
+        drop(log);
+        self.inner.close(st, conn, why)
+    }
+}
+
+impl<P> Hooked<P> {
+    fn violation(&self, v: String) {
+        self.log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .violations
+            .push(v);
+    }
 }
 
 fn settings(sc: &Scenario) -> Settings {
@@ -170,6 +242,7 @@ fn settings(sc: &Scenario) -> Settings {
             proxy: 3000,
         },
         high_water: sc.high_water,
+        push_limit: sc.high_water,
         max_input: usize::MAX,
         delay_ms: sc.delay_ms,
         max_conns: 1000,
@@ -269,6 +342,7 @@ impl<H: Handler> Sim<H> {
             tls,
             tls12,
             tally: Tally::default(),
+            hooks: None,
         }
     }
 
@@ -700,6 +774,26 @@ impl<H: Handler> Sim<H> {
         if let Some(v) = self.net.violation.take() {
             return Err(v);
         }
+        if let Some(log) = &self.hooks {
+            let log = log.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(v) = log.violations.first() {
+                return Err(format!("hooks: {v}"));
+            }
+            // Every connection the protocol was told of opening is in the slab, told
+            // or not yet told of closing: no close lost, none early.
+            let opened = self
+                .shard
+                .conns
+                .iter()
+                .filter(|(_, c)| c.has(super::conn::OPENED))
+                .count();
+            if opened != log.open.len() {
+                return Err(format!(
+                    "hooks: {} connections open to the protocol, {opened} in the slab",
+                    log.open.len()
+                ));
+            }
+        }
         let s = self.shard.stats_now();
         if s.accepted != s.open + s.closed {
             return Err(format!(
@@ -952,9 +1046,27 @@ fn run_seed(seed: u64) -> Result<(Scenario, Tally), (Scenario, String)> {
     let mut rng = Rng::new(seed);
     let sc = Scenario::pick(&mut rng);
     let r = match (sc.proto, sc.pooled) {
-        (Proto::Echo, _) => Sim::new(seed, sc.clone(), Echo).run(),
+        (Proto::Echo, _) => {
+            let log = Arc::new(Mutex::new(HookLog::default()));
+            let hooked = Hooked {
+                inner: Echo,
+                log: log.clone(),
+            };
+            let mut sim = Sim::new(seed, sc.clone(), hooked);
+            sim.hooks = Some(log);
+            sim.run()
+        }
         (Proto::Http, false) => Sim::new(seed, sc.clone(), App::new(hello)).run(),
-        (Proto::Json, false) => Sim::new(seed, sc.clone(), Json::default()).run(),
+        (Proto::Json, false) => {
+            let log = Arc::new(Mutex::new(HookLog::default()));
+            let hooked = Hooked {
+                inner: Json::default(),
+                log: log.clone(),
+            };
+            let mut sim = Sim::new(seed, sc.clone(), hooked);
+            sim.hooks = Some(log);
+            sim.run()
+        }
         (Proto::Http, true) => Sim::new(seed, sc.clone(), App::new(hello).on_pool()).run(),
         (Proto::Json, true) => Sim::new(
             seed,
