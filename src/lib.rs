@@ -58,6 +58,7 @@ pub mod config;
 pub mod connection;
 mod core;
 mod driver;
+mod duration;
 pub mod handover;
 pub mod http;
 mod jobs;

@@ -400,7 +400,7 @@ impl FromStr for Work {
             Some(us) => {
                 Duration::from_micros(us.parse().map_err(|_| format!("`{d}` is not a duration"))?)
             }
-            None => crate::config::parse_duration(d)?,
+            None => crate::duration::parse_duration(d)?,
         };
         match kind {
             "sleep" => Ok(Work::Sleep(d)),
