@@ -24,7 +24,7 @@ use clap::{Parser, ValueEnum};
 
 pub use crate::duration::{MAX_DURATION, parse_duration};
 
-use crate::proxy::{Cidr, ProxyMode};
+pub use crate::proxy::{Cidr, ProxyMode};
 use crate::service::Work;
 
 /// `--proxy-from`: trusted networks.

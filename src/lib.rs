@@ -1,57 +1,58 @@
 //! reactor: a TCP server built directly on the operating system's event loop (epoll on
-//! Linux, kqueue on BSD and macOS, through mio).
+//! Linux, kqueue on BSD and macOS, through mio), one loop per thread, with connections
+//! that hold no buffer while idle.
 //!
-//! The map of the crate, in the order a request travels:
+//! What a program builds on:
 //!
-//! - [`server`]: binds one SO_REUSEPORT listener per thread, starts the shards, turns
-//!   SIGINT/SIGTERM into a graceful drain.
-//! - `driver` (private): the epoll (mio) driver: one shard's loop, accepting, and the
-//!   system calls, nothing else.
-//! - `core` (private): the connection core, sans-IO: one connection's life in layers
-//!   (PROXY preamble, plain or TLS transport, inline or pooled dispatch) and the
-//!   shard's policy (limits, timers, drain, counters), tested by deterministic
-//!   simulation.
-//! - `jobs` (private): a connection's jobs in flight (its reorder queue) and the completion
-//!   queue that brings their answers back to the shard.
-//! - [`workers`]: the worker pool for handlers that may block: fixed or growing,
-//!   bounded queue.
-//! - [`service`]: [`Codec`](service::Codec) + [`Service`](service::Service) for handlers
-//!   that block, and [`Handler`](service::Handler), what the loop drives.
-//! - [`buffer`]: the per-shard pool of 4 KB buffers, lent only while bytes are in flight.
-//! - [`timer`]: the hashed timer wheel behind idle, read and write timeouts and
-//!   `--delay-ms`.
-//! - [`protocol`]: the sans-IO [`Protocol`](protocol::Protocol) trait and the built-in
-//!   `echo`, `http` and `json` protocols.
-//! - [`wire`]: each built-in protocol's wire facts, once: constants, and the client
-//!   side (encode a request, frame and check a reply), shared by the server, the
-//!   client, reactor-bench and the tests.
-//! - [`client`]: the pooled client: one I/O thread per pool, many requests in flight
-//!   per connection, replies waited for or awaited.
-//! - [`tls`]: TLS around any protocol with rustls's unbuffered API: an idle TLS
-//!   connection holds its session state and no buffer.
-//! - [`listener`]: socket options and the open-files limit.
-//! - [`config`]: every setting and its default.
-//! - [`stats`]: the counters.
-//! - `metrics` (private): `/metrics` (Prometheus) and `/health`, served by a shard of
-//!   their own.
+//! - [`http`]: HTTP/1.1 services: a handler gets each [`Request`](http::Request) whole
+//!   and returns a [`Response`](http::Response), on the loop or on the worker pool.
+//! - [`protocol`]: a protocol of your own, sans-IO: [`Protocol`](protocol::Protocol)
+//!   decodes requests from bytes and appends answers; the built-in `echo` and `json`.
+//! - [`connection`]: hooks when a connection opens and closes (its peer's address, the
+//!   PROXY header's client, TLS ALPN), timers per connection, and a
+//!   [`Pusher`](connection::Pusher) that writes to any connection from any thread.
+//! - [`service`]: handlers that block, on the worker pool: a [`Codec`](service::Codec)
+//!   on the loop and a [`Service`](service::Service) on the workers.
+//! - [`Config`]: every setting and its default, with chainable setters; [`Server`]
+//!   starts a configuration and a handler and reports its [`stats`](stats::Counters);
+//!   [`server::run`] also owns the process (signals, the graceful drain, the stats
+//!   line).
+//! - [`client`]: the pooled client: many requests in flight per connection, replies
+//!   waited for or awaited. [`wire`] holds each built-in protocol's wire facts, once.
+//! - [`tls`]: the client side of TLS (the server's is `Config::tls_cert`).
 //!
 //! # Examples
 //!
-//! Both are in `examples/`, run with `cargo run --release --example NAME`, and tested by
-//! `cargo test` (their tests start the server in-process and talk to it over sockets).
+//! All are in `examples/`, run with `cargo run --release --example NAME`, and tested by
+//! `cargo test`.
 //!
-//! **`kv`**: a key-value store in memory over a line protocol. Its work never blocks,
-//! so it is a [`Protocol`](protocol::Protocol), answered on the loop:
+//! **`kv_http`**: a key-value store over HTTP, on the request API:
 //!
-#![doc = concat!("```rust,ignore\n", include_str!("../examples/kv.rs"), "```")]
+#![doc = concat!("```rust,ignore\n", include_str!("../examples/kv_http.rs"), "```")]
 //!
-//! **`files`**: each request names a file, and a worker reads it (a blocking read) and
-//! answers with its size. The decoding and encoding are a [`Codec`](service::Codec) on
-//! the loop; the read is the [`Service`](service::Service), on the worker pool:
+//! **`chat`**: a chat room on the connection hooks and pushes:
 //!
-#![doc = concat!("```rust,ignore\n", include_str!("../examples/files.rs"), "```")]
+#![doc = concat!("```rust,ignore\n", include_str!("../examples/chat.rs"), "```")]
+//!
+//! **`kv`**: a key-value store over a line protocol, a [`Protocol`](protocol::Protocol)
+//! of its own; **`files`**: files over HTTP, read on the worker pool. Both in
+//! `examples/`.
 
-pub mod buffer;
+/// Modules public only with the `internals` feature (this project's tests, benches
+/// and fuzz targets); the crate's own otherwise.
+macro_rules! internal {
+    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {$(
+        $(#[$doc])*
+        #[cfg(feature = "internals")]
+        #[doc(hidden)]
+        pub mod $name;
+        #[cfg(not(feature = "internals"))]
+        #[allow(dead_code)]
+        mod $name;
+    )*};
+}
+
+internal!(buffer, handover, listener, proxy, timer, workers);
 pub mod client;
 pub mod clock;
 pub mod config;
@@ -59,22 +60,17 @@ pub mod connection;
 mod core;
 mod driver;
 mod duration;
-pub mod handover;
 pub mod http;
 mod jobs;
-pub mod listener;
 mod metrics;
 mod mutant;
 pub mod protocol;
-pub mod proxy;
 pub mod server;
 pub mod service;
 mod shared;
 pub mod stats;
-pub mod timer;
 pub mod tls;
 pub mod wire;
-pub mod workers;
 
 /// The `bytes` crate, whose `BytesMut` a protocol writes its answers into: re-exported
 /// so that a protocol needs no dependency of its own on it (`reactor::bytes::BytesMut`).

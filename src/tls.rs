@@ -18,7 +18,7 @@
 //! Between requests an established connection holds the rustls session state (keys,
 //! record-layer sequence numbers) in one box, and nothing else.
 //!
-//! Certificates are read at start and on [`TlsShared::reload`] (SIGHUP): a shard looks
+//! Certificates are read at start and on `TlsShared::reload` (SIGHUP): a shard looks
 //! at a generation number on each accept and takes the new configuration only when it
 //! moved. Connections keep the configuration they started with.
 
@@ -37,26 +37,22 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use crate::mutant::{self, Mutant};
 
 /// The first byte of a TLS handshake record.
-pub const HANDSHAKE_RECORD: u8 = 0x16;
+pub(crate) const HANDSHAKE_RECORD: u8 = 0x16;
 /// The largest TLS record on the wire (16 KB of plaintext plus expansion).
-pub const MAX_RECORD: usize = 16 * 1024 + 2048 + 5;
+pub(crate) const MAX_RECORD: usize = 16 * 1024 + 2048 + 5;
 
 /// Why a handshake did not complete.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum HandshakeFailure {
+pub(crate) enum HandshakeFailure {
     /// The first byte was not a TLS handshake record (plain text on a TLS port).
     NotTls,
     /// rustls refused what the peer sent (bad record, no common cipher or protocol,
     /// an alert from the peer).
     Protocol,
-    /// The read timeout (or the idle timeout before any byte) ran out.
-    Timeout,
-    /// The peer closed (or reset) before the handshake completed, or a drain cut it.
-    Closed,
 }
 
 /// What every shard shares: the configuration in force and how to reload it.
-pub struct TlsShared {
+pub(crate) struct TlsShared {
     cert: PathBuf,
     key: PathBuf,
     alpn: Vec<Vec<u8>>,
@@ -85,7 +81,7 @@ fn invalid(msg: String) -> io::Error {
 
 /// Reads a PEM certificate chain and key and builds a server configuration (TLS 1.2
 /// and 1.3, ring's algorithms).
-pub fn load_config(cert: &Path, key: &Path, alpn: &[Vec<u8>]) -> io::Result<ServerConfig> {
+pub(crate) fn load_config(cert: &Path, key: &Path, alpn: &[Vec<u8>]) -> io::Result<ServerConfig> {
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
         .map_err(|e| invalid(format!("--tls-cert {}: {e}", cert.display())))?;
@@ -218,7 +214,7 @@ impl TlsShared {
 
 /// One connection's TLS state. Boxed in the connection: an idle one holds this and
 /// nothing else.
-pub struct Tls {
+pub(crate) struct Tls {
     pub conn: UnbufferedServerConnection,
     /// A partial record carried over to the next read (pooled), only while there is one.
     pub held: Option<BytesMut>,
@@ -236,7 +232,7 @@ pub struct Tls {
 
 /// What [`Tls::process`] did.
 #[derive(Debug, Default)]
-pub struct Processed {
+pub(crate) struct Processed {
     /// Input bytes used up (complete records); the rest is a partial record.
     pub consumed: usize,
     /// Plaintext bytes written to the plaintext buffer.

@@ -213,10 +213,9 @@ impl<H: Handler> ConnIo<H> {
             match why {
                 Close::Tls(HandshakeFailure::NotTls) => s.tls_fail_not_tls += 1,
                 Close::Tls(HandshakeFailure::Protocol) => s.tls_fail_protocol += 1,
-                Close::Tls(HandshakeFailure::Timeout)
-                | Close::ReadTimeout
-                | Close::IdleTimeout
-                | Close::WriteTimeout => s.tls_fail_timeout += 1,
+                Close::ReadTimeout | Close::IdleTimeout | Close::WriteTimeout => {
+                    s.tls_fail_timeout += 1
+                }
                 _ => s.tls_fail_closed += 1,
             }
         } else if why != Close::Error

@@ -310,4 +310,5 @@ impl Drop for Server {
 mod compose;
 mod process;
 
+pub use crate::listener::raise_nofile_limit;
 pub use process::{run, run_with};

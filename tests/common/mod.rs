@@ -265,7 +265,7 @@ pub fn counters(line: &str) -> HashMap<String, u64> {
 
 /// Raises this process's open-files soft limit to its hard limit.
 pub fn raise_fd_limit() {
-    reactor::listener::raise_nofile_limit().expect("rlimit");
+    reactor::server::raise_nofile_limit().expect("rlimit");
 }
 
 pub fn connect(addr: SocketAddr) -> TcpStream {

@@ -48,7 +48,7 @@ fn main() {
         eprintln!("reactor-bench: --rate must be positive");
         std::process::exit(2);
     }
-    let _ = reactor::listener::raise_nofile_limit();
+    let _ = reactor::server::raise_nofile_limit();
     if opts.tls && opts.pool.is_some() {
         eprintln!("reactor-bench: --tls is not supported with --pool (use the load loop)");
         std::process::exit(2);

@@ -62,7 +62,7 @@ fn main() {
             .duration_since(UNIX_EPOCH)
             .map_or(1, |d| d.as_nanos() as u64)
     });
-    let _ = reactor::listener::raise_nofile_limit();
+    let _ = reactor::server::raise_nofile_limit();
 
     let start = Instant::now();
     let deadline = start + opts.duration;

@@ -52,7 +52,7 @@ use crate::protocol::{Echo, Json};
 use crate::proxy::{ProxyMode, Refusal};
 use crate::service::{Handler, Pooled};
 use crate::shared::Shared;
-use crate::tls::{HandshakeFailure, TlsShared, Trust};
+use crate::tls::{TlsShared, Trust};
 use crate::workers::{Point, Pool, Task};
 use bytes::BytesMut;
 use client::{Client, Proto};
@@ -1025,8 +1025,7 @@ fn judge(c: &Client, why: Close) -> Result<(), String> {
         | Close::ReadTimeout
         | Close::WriteTimeout
         | Close::Cut
-        | Close::Proxy(Refusal::Timeout)
-        | Close::Tls(HandshakeFailure::Timeout) => Ok(()),
+        | Close::Proxy(Refusal::Timeout) => Ok(()),
         other => Err(format!(
             "{who}: closed for {other:?} though it did nothing wrong"
         )),
