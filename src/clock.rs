@@ -5,6 +5,11 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// The cached wall-clock strings of one reactor.
+///
+/// ```
+/// let clock = reactor::clock::Clock::default();
+/// assert!(clock.http_date().ends_with(b" GMT"));
+/// ```
 pub struct Clock {
     secs: u64,
     http: [u8; 29],

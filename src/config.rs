@@ -71,6 +71,11 @@ pub enum ProtocolKind {
     feature = "cli",
     command(name = "reactor", version, about, long_about = None, args_override_self = true)
 )]
+///
+/// ```
+/// let cfg = reactor::Config { threads: 2, ..reactor::Config::default() };
+/// assert_eq!((cfg.threads, cfg.addr.port()), (2, 8080));
+/// ```
 pub struct Config {
     /// Address to listen on.
     #[cfg_attr(feature = "cli", arg(long, default_value = "0.0.0.0:8080"))]

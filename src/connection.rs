@@ -239,6 +239,15 @@ impl PushBox {
 /// Writes to any connection of a server, from any thread. Cheap to clone.
 ///
 /// See the [module documentation](self) for what a push does under backpressure.
+///
+/// ```
+/// use reactor::connection::Pusher;
+/// let cfg = reactor::Config::default().addr("127.0.0.1:0".parse().unwrap()).threads(1);
+/// let server = reactor::Server::start(&cfg)?;
+/// let pusher: Pusher = server.pusher();
+/// std::thread::spawn(move || drop(pusher)).join().unwrap();
+/// # Ok::<(), std::io::Error>(())
+/// ```
 #[derive(Clone)]
 pub struct Pusher {
     shards: Arc<[Arc<PushBox>]>,

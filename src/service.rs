@@ -73,6 +73,11 @@ use crate::connection::{Closed, ConnId, ConnInfo};
 use crate::protocol::{Cx, Decoded, Protocol};
 
 /// Why a request got no answer from its service.
+///
+/// ```
+/// use reactor::service::Failure;
+/// assert_eq!(Failure::TimedOut.to_string(), "handler timed out");
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Failure {
     /// The service panicked while handling it.
@@ -94,6 +99,16 @@ impl fmt::Display for Failure {
 /// responses) go to [`out`](Calls::out); requests for the service go to
 /// [`call`](Calls::call). The reactor sends everything in the order it was given,
 /// whatever order the service finishes in.
+///
+/// ```
+/// use reactor::bytes::BytesMut;
+/// use reactor::service::Calls;
+/// let (mut out, mut calls) = (BytesMut::new(), Vec::new());
+/// let mut c = Calls::new(&mut out, &mut calls);
+/// c.out().extend_from_slice(b"at once\n");
+/// c.call("to the pool");
+/// assert_eq!(c.calls(), &[(8, "to the pool")]);
+/// ```
 pub struct Calls<'a, R> {
     out: &'a mut BytesMut,
     calls: &'a mut Vec<(usize, R)>,
@@ -123,6 +138,12 @@ impl<'a, R> Calls<'a, R> {
 }
 
 /// The wire side of a service: sans-IO, run on the loop. See the module documentation.
+///
+/// ```
+/// // See the module's example: a line codec whose answers come from the pool.
+/// fn is_codec<C: reactor::service::Codec>() {}
+/// is_codec::<reactor::protocol::json::JsonCodec>();
+/// ```
 pub trait Codec: Clone + Send + 'static {
     /// Per-connection state kept between calls; every connection carries one.
     type State: Default + Send;
@@ -174,6 +195,12 @@ pub trait Codec: Clone + Send + 'static {
 }
 
 /// Work that may block: run on a worker thread, once per request.
+///
+/// ```
+/// use reactor::service::Service;
+/// let double = |n: u32| n * 2;
+/// assert_eq!(double.call(21), 42);
+/// ```
 pub trait Service<Req>: Send + Sync + 'static {
     type Response: Send + 'static;
     fn call(&self, request: Req) -> Self::Response;
@@ -192,6 +219,15 @@ where
 
 /// A [`Codec`] on the loop and a [`Service`] on the worker pool, run together by
 /// [`Server::start_with`](crate::Server::start_with).
+///
+/// ```
+/// use reactor::protocol::json::{JsonCodec, JsonRequest};
+/// use reactor::service::Pooled;
+/// let cfg = reactor::Config::default().addr("127.0.0.1:0".parse().unwrap()).workers(2);
+/// let slow = |m: JsonRequest| { std::thread::sleep(std::time::Duration::from_millis(1)); m };
+/// let server = reactor::Server::start_with(&cfg, Pooled::new(JsonCodec::default(), slow))?;
+/// # Ok::<(), std::io::Error>(())
+/// ```
 pub struct Pooled<C, S> {
     codec: C,
     service: Arc<S>,
@@ -222,6 +258,11 @@ where
 /// What the loop drives: implemented for every [`Protocol`] (all answers inline) and
 /// every [`Pooled`] codec and service. Implement [`Protocol`] or [`Codec`] rather than
 /// this.
+///
+/// ```
+/// use reactor::service::Handler;
+/// assert!(!<reactor::protocol::Echo as Handler>::POOLED);
+/// ```
 pub trait Handler: sealed::Sealed + Clone + Send + Sync + 'static {
     type State: Default + Send;
     type Request: Send + 'static;
@@ -367,6 +408,12 @@ where
 
 /// The seeds' slow handler, for the built-in protocols (`--work`): each request costs
 /// this much on a worker, then is answered as usual.
+///
+/// ```
+/// use reactor::service::Work;
+/// let w: Work = "sleep:10ms".parse().unwrap();
+/// assert_eq!(w, Work::Sleep(std::time::Duration::from_millis(10)));
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Work {
     /// A blocking `thread::sleep` (the seeds' `time.Sleep`): waiting, not computing.

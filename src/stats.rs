@@ -15,6 +15,14 @@ const LATENCY_BUCKETS: usize = LATENCY_BOUNDS_US.len() + 1;
 
 /// What one reactor (or, summed, the server) has counted since start. More counters
 /// may come: read the fields, do not build one.
+///
+/// ```
+/// let cfg = reactor::Config::default().addr("127.0.0.1:0".parse().unwrap()).threads(1);
+/// let server = reactor::Server::start(&cfg)?;
+/// let c: reactor::stats::Counters = server.stats();
+/// assert_eq!(c.open, 0);
+/// # Ok::<(), std::io::Error>(())
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Counters {

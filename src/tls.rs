@@ -450,6 +450,12 @@ mod tests {
 }
 
 /// Which server certificates a TLS client (reactor-bench, reactor-client) accepts.
+///
+/// ```
+/// use reactor::tls::{Trust, client_config};
+/// let cfg = client_config(&Trust::Any, &[b"http/1.1".to_vec()]).unwrap();
+/// assert_eq!(cfg.alpn_protocols, [b"http/1.1".to_vec()]);
+/// ```
 #[derive(Clone, Debug)]
 pub enum Trust {
     /// Those that chain to a certificate in this PEM file (`--ca FILE`).

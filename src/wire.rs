@@ -60,6 +60,13 @@ pub mod http {
 
     /// One framed reply.
     #[derive(Clone, Debug, PartialEq, Eq)]
+    ///
+    /// ```
+    /// let f = reactor::wire::http::frame(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n")
+    ///     .unwrap()
+    ///     .unwrap();
+    /// assert_eq!(f.status, 204);
+    /// ```
     pub struct Framed {
         /// Bytes the reply took, head and body.
         pub len: usize,
@@ -156,6 +163,12 @@ pub mod json {
     /// One reply line: an answer, or an error line (`{"error":"..."}`), which carries no
     /// `Uid`.
     #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+    ///
+    /// ```
+    /// let line = br#"{"Uid":"1","Val":"server: hello, a","Ts":"x"}"#.to_vec();
+    /// let (_, r) = reactor::wire::json::frame(&[&line[..], b"\n"].concat(), 1024).unwrap().unwrap();
+    /// assert_eq!(r.uid.as_deref(), Some("1"));
+    /// ```
     pub struct Reply {
         #[serde(rename = "Uid")]
         pub uid: Option<String>,

@@ -8,6 +8,12 @@ use crate::protocol::json::JsonRequest;
 use crate::wire;
 
 /// How replies are matched to requests on one connection.
+///
+/// ```
+/// use reactor::client::{Codec, Echo, Json, Matching};
+/// assert_eq!(Echo.matching(), Matching::Order);
+/// assert_eq!(Json::default().matching(), Matching::Key);
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Matching {
     /// In the order the requests were sent (pipelining): echo, HTTP/1.1.
@@ -17,6 +23,12 @@ pub enum Matching {
 }
 
 /// One reply framed out of the bytes read.
+///
+/// ```
+/// use reactor::client::{Codec, Echo};
+/// let f = Echo.frame(b"hi!", Some(&b"hi".to_vec())).unwrap().unwrap();
+/// assert_eq!((f.len, f.reply), (2, b"hi".to_vec()));
+/// ```
 #[derive(Debug)]
 pub struct Frame<R> {
     /// Bytes it took.
@@ -28,6 +40,14 @@ pub struct Frame<R> {
 
 /// The client side of a protocol. One value serves every connection of a pool, from
 /// the pool's I/O thread.
+///
+/// ```
+/// use reactor::client::{Codec, Echo};
+/// let mut out = Vec::new();
+/// let (key, sent) = Echo.encode(b"ping".to_vec(), &mut out).unwrap();
+/// assert_eq!((key, &out[..]), (None, &b"ping"[..]));
+/// assert!(Echo.frame(b"pi", Some(&sent)).unwrap().is_none(), "incomplete");
+/// ```
 pub trait Codec: Send + 'static {
     type Request: Send + 'static;
     type Reply: Send + 'static;
@@ -64,6 +84,13 @@ pub trait Codec: Send + 'static {
 }
 
 /// `echo`: a request is bytes, its reply the same bytes.
+///
+/// ```
+/// use reactor::client::{Codec, Echo};
+/// let mut out = Vec::new();
+/// Echo.encode(b"abc".to_vec(), &mut out).unwrap();
+/// assert_eq!(out, b"abc");
+/// ```
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Echo;
 
@@ -104,6 +131,13 @@ impl Codec for Echo {
 
 /// `http`: a request is a path, sent as `GET <path> HTTP/1.1`; a reply its status and
 /// body (`Content-Length` framed).
+///
+/// ```
+/// use reactor::client::{Codec, Http};
+/// let mut out = Vec::new();
+/// Http::default().encode("/x".into(), &mut out).unwrap();
+/// assert!(out.starts_with(b"GET /x HTTP/1.1\r\n"));
+/// ```
 #[derive(Clone, Debug)]
 pub struct Http {
     /// The `Host` header.
@@ -132,6 +166,14 @@ impl Http {
 }
 
 /// An HTTP reply.
+///
+/// ```
+/// use reactor::client::{Codec, Http};
+/// let codec = Http::default();
+/// let reply = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi";
+/// let f = codec.frame(reply, None).unwrap().unwrap();
+/// assert_eq!((f.reply.status, &f.reply.body[..]), (200, &b"hi"[..]));
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HttpReply {
     pub status: u16,
@@ -180,6 +222,13 @@ impl Codec for Http {
 
 /// `json`: a request is `{"Uid","Val"}`, matched to its reply by `Uid`; a reply must
 /// carry `server: hello, <Val>`.
+///
+/// ```
+/// use reactor::client::{self, Codec, Json};
+/// let mut out = Vec::new();
+/// let (key, _) = Json::default().encode(client::json_request("7", "a"), &mut out).unwrap();
+/// assert_eq!(key.as_deref(), Some("7"));
+/// ```
 #[derive(Clone, Debug)]
 pub struct Json {
     /// Longest reply line accepted.

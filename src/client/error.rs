@@ -5,6 +5,11 @@ use std::time::Duration;
 
 /// Why a request got no reply. Cheap to clone: `close()` and a lost connection fail
 /// many requests with the same error.
+///
+/// ```
+/// use reactor::client::Error;
+/// assert_eq!(Error::PoolClosed.to_string(), "client pool closed");
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Error {
     /// No reply within the response timeout (or the caller's `wait_timeout`). The

@@ -28,6 +28,11 @@ use super::{Error, Options};
 const WAKER: Token = Token(usize::MAX);
 
 /// Connections closed, by why.
+///
+/// ```
+/// let c = reactor::client::ClosedBy { eof: 2, idle: 1, ..Default::default() };
+/// assert_eq!(c.eof + c.idle, 3);
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ClosedBy {
     /// Connecting failed or timed out.
@@ -49,6 +54,11 @@ pub struct ClosedBy {
 }
 
 /// A snapshot of a pool. Gauges first, then counters since the pool was made.
+///
+/// ```
+/// let s = reactor::client::Stats::default();
+/// assert_eq!((s.size, s.closed_total()), (0, 0));
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
     /// Connections open or connecting.
@@ -164,6 +174,19 @@ impl<C: Codec> Drop for Handle<C> {
 /// A pool of connections to one server, all driven by one I/O thread. Cheap to clone
 /// (clones share the pool); the pool closes when its last handle (and last checked-out
 /// connection) is dropped, or at [`close`](Pool::close).
+///
+/// ```
+/// use reactor::client::{Echo, Options, Pool};
+/// let server = reactor::Server::start(
+///     &reactor::Config::default()
+///         .addr("127.0.0.1:0".parse().unwrap())
+///         .protocol(reactor::ProtocolKind::Echo)
+///         .threads(1),
+/// )?;
+/// let pool = Pool::new(server.local_addr(), Echo, Options::default())?;
+/// assert_eq!(pool.call(b"hello".to_vec()).unwrap(), b"hello");
+/// # Ok::<(), std::io::Error>(())
+/// ```
 pub struct Pool<C: Codec> {
     h: Arc<Handle<C>>,
 }
@@ -284,6 +307,21 @@ impl<C: Codec> Pool<C> {
 
 /// A connection checked out of a pool: requests sent through it go on this connection
 /// only, still many in flight at once. Back to the pool on drop.
+///
+/// ```
+/// use reactor::client::{Echo, Options, Pool};
+/// let server = reactor::Server::start(
+///     &reactor::Config::default()
+///         .addr("127.0.0.1:0".parse().unwrap())
+///         .protocol(reactor::ProtocolKind::Echo)
+///         .threads(1),
+/// )?;
+/// let pool = Pool::new(server.local_addr(), Echo, Options::default())?;
+/// let conn = pool.acquire().unwrap();
+/// let (a, b) = (conn.send(b"a".to_vec()), conn.send(b"b".to_vec()));
+/// assert_eq!((a.wait().unwrap(), b.wait().unwrap()), (b"a".to_vec(), b"b".to_vec()));
+/// # Ok::<(), std::io::Error>(())
+/// ```
 pub struct PooledConn<C: Codec> {
     h: Arc<Handle<C>>,
     key: usize,

@@ -72,6 +72,20 @@ impl<T> Drop for Completer<T> {
 /// [`Future`] that stores the task's waker and needs no runtime.
 ///
 /// Dropping it does not cancel the request; its reply is dropped when it comes.
+///
+/// ```
+/// use reactor::client::{Echo, Options, Pool};
+/// let server = reactor::Server::start(
+///     &reactor::Config::default()
+///         .addr("127.0.0.1:0".parse().unwrap())
+///         .protocol(reactor::ProtocolKind::Echo)
+///         .threads(1),
+/// )?;
+/// let pool = Pool::new(server.local_addr(), Echo, Options::default())?;
+/// let reply = pool.send(b"later".to_vec());
+/// assert_eq!(reply.wait_timeout(std::time::Duration::from_secs(20)).unwrap(), b"later");
+/// # Ok::<(), std::io::Error>(())
+/// ```
 pub struct Reply<T> {
     slot: Arc<Slot<T>>,
 }

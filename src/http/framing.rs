@@ -58,6 +58,13 @@ impl Default for Limits {
 
 /// Per-connection HTTP state: where the framing is, and (boxed, only while needed) a
 /// request waiting for the rest of its body and the connection's addresses.
+///
+/// ```
+/// use reactor::http::{App, HttpState, hello};
+/// use reactor::protocol::Protocol;
+/// let app = App::new(hello);
+/// assert!(!app.in_request(&HttpState::default()));
+/// ```
 #[derive(Default, Debug)]
 pub struct HttpState {
     /// Body bytes still to come: of a Content-Length body, or of the current chunk.

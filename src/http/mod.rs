@@ -189,6 +189,13 @@ impl<H: Handler> Protocol for App<H> {
 
 /// The loop's side of an [`App`] on the pool: HTTP framing, the handler's requests
 /// handed to workers.
+///
+/// ```
+/// use reactor::http::{App, hello};
+/// let cfg = reactor::Config::default().addr("127.0.0.1:0".parse().unwrap()).workers(2);
+/// let server = reactor::Server::start_with(&cfg, App::new(hello).on_pool())?;
+/// # Ok::<(), std::io::Error>(())
+/// ```
 #[derive(Clone, Debug)]
 pub struct Framing {
     limits: Limits,
@@ -196,14 +203,36 @@ pub struct Framing {
 }
 
 /// A request on its way to a worker, with how its answer is framed.
+///
+/// ```
+/// use reactor::http::{App, Call, Response};
+/// use reactor::service::Handler;
+/// fn takes(_: &impl Handler<Request = Call>) {}
+/// takes(&App::new(|_| Response::new(204)).on_pool());
+/// ```
 #[derive(Debug)]
 pub struct Call(Request, Reply);
 
 /// A handler's answer on its way back to the loop.
+///
+/// ```
+/// use reactor::http::{Answer, App, Response};
+/// use reactor::service::Handler;
+/// fn gives(_: &impl Handler<Response = Answer>) {}
+/// gives(&App::new(|_| Response::new(204)).on_pool());
+/// ```
 #[derive(Debug)]
 pub struct Answer(Response, Reply);
 
 /// The worker pool's side of an [`App`] on the pool: runs the handler.
+///
+/// ```
+/// use reactor::http::{App, Response, Worker};
+/// use reactor::service::Pooled;
+/// let pooled = App::new(|_| Response::new(204)).on_pool();
+/// fn named<H>(_: &Pooled<reactor::http::Framing, Worker<H>>) {}
+/// named(&pooled);
+/// ```
 pub struct Worker<H>(Arc<H>);
 
 impl<H: Handler> Service<Call> for Worker<H> {

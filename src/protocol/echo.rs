@@ -5,6 +5,15 @@ use bytes::BytesMut;
 use super::{Cx, Decoded, Next, Protocol};
 
 /// Writes back every byte it reads. Each read counts as one request.
+///
+/// ```
+/// use reactor::bytes::BytesMut;
+/// use reactor::protocol::{Cx, Echo, Protocol};
+/// let clock = reactor::clock::Clock::default();
+/// let mut out = BytesMut::new();
+/// let d = Echo.decode(&mut (), b"abc", &mut out, &Cx::new(&clock));
+/// assert_eq!((d.consumed, &out[..]), (3, &b"abc"[..]));
+/// ```
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Echo;
 

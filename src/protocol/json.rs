@@ -26,6 +26,17 @@ use super::{Cx, Decoded, Next, Protocol};
 use crate::service::{Calls, Codec, Failure};
 
 /// The JSON-lines protocol and its limit.
+///
+/// ```
+/// use reactor::bytes::BytesMut;
+/// use reactor::protocol::{Cx, Json, Protocol};
+/// let clock = reactor::clock::Clock::default();
+/// let (json, mut out) = (Json::default(), BytesMut::new());
+/// let mut st = Default::default();
+/// let d = json.decode(&mut st, br#"{"Uid":"1","Val":"a"}"#, &mut out, &Cx::new(&clock));
+/// assert_eq!(d.requests, 1);
+/// assert!(out.starts_with(br#"{"Uid":"1","Val":"server: hello, a""#));
+/// ```
 #[derive(Clone, Debug)]
 pub struct Json {
     /// Largest message, in bytes.
@@ -43,6 +54,11 @@ impl Default for Json {
 /// Per-connection state: where the framer is in a message that has not all arrived, and
 /// whether the rest of a line is being skipped after a syntax error. A `Framer` packed
 /// into 10 bytes, since every connection, idle ones included, carries one.
+///
+/// ```
+/// use reactor::protocol::{Json, Protocol, json::JsonState};
+/// assert!(!Json::default().in_request(&JsonState::default()));
+/// ```
 #[derive(Default)]
 pub struct JsonState([u8; 10]);
 
@@ -125,10 +141,22 @@ impl Protocol for Json {
 /// well-formed message goes to the service, and what comes back is answered as inline.
 /// Errors in the input are still answered at once, in order. A handler that panics or
 /// times out gets `{"error":"handler failed"}` or `{"error":"handler timed out"}`.
+///
+/// ```
+/// use reactor::protocol::json::{JsonCodec, JsonRequest};
+/// use reactor::service::Pooled;
+/// let slow = |m: JsonRequest| m; // the answer is built from the request on the loop
+/// let _pooled = Pooled::new(JsonCodec::default(), slow);
+/// ```
 #[derive(Clone, Debug, Default)]
 pub struct JsonCodec(pub Json);
 
 /// A message of the built-in JSON protocol.
+///
+/// ```
+/// let r = reactor::client::json_request("1", "world");
+/// assert_eq!((r.uid.as_str(), r.val.as_str()), ("1", "world"));
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct JsonRequest {
     pub uid: String,

@@ -51,6 +51,11 @@ pub use echo::Echo;
 pub use json::{Json, JsonCodec};
 
 /// What the reactor should do after a call to [`Protocol::decode`].
+///
+/// ```
+/// use reactor::protocol::{Decoded, Next};
+/// assert_eq!(Decoded::default().next, Next::NeedMore);
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Next {
     /// Everything complete was answered; unconsumed input is the start of a request.
@@ -64,6 +69,17 @@ pub enum Next {
 }
 
 /// The result of one [`Protocol::decode`] call.
+///
+/// ```
+/// use reactor::bytes::BytesMut;
+/// use reactor::protocol::{Cx, Decoded, Next};
+/// let clock = reactor::clock::Clock::default();
+/// let mut cx = Cx::new(&clock);
+/// cx.max_requests = 1;
+/// let mut d = Decoded { requests: 1, ..Decoded::default() };
+/// assert!(d.at_limit(&cx, &BytesMut::new()));
+/// assert_eq!(d.next, Next::Yield);
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Decoded {
     /// Input bytes used up (answered, discarded, or held in the state).
@@ -88,6 +104,12 @@ impl Decoded {
 }
 
 /// What a decoder may use and must respect.
+///
+/// ```
+/// let clock = reactor::clock::Clock::default();
+/// let cx = reactor::protocol::Cx::new(&clock);
+/// assert!(cx.pusher().is_none() && !cx.draining);
+/// ```
 pub struct Cx<'a> {
     /// Cached wall-clock strings.
     pub clock: &'a Clock,
@@ -154,6 +176,24 @@ impl<'a> Cx<'a> {
 }
 
 /// A request/response protocol spoken over one connection.
+///
+/// ```
+/// use reactor::bytes::BytesMut;
+/// use reactor::protocol::{Cx, Decoded, Protocol};
+///
+/// /// Swallows everything, answers nothing.
+/// #[derive(Clone)]
+/// struct Sink;
+/// impl Protocol for Sink {
+///     type State = ();
+///     fn decode(&self, _: &mut (), input: &[u8], _: &mut BytesMut, _: &Cx) -> Decoded {
+///         Decoded { consumed: input.len(), ..Decoded::default() }
+///     }
+/// }
+/// let cfg = reactor::Config::default().addr("127.0.0.1:0".parse().unwrap()).threads(1);
+/// let server = reactor::Server::start_with(&cfg, Sink)?;
+/// # Ok::<(), std::io::Error>(())
+/// ```
 pub trait Protocol: Clone + Send + 'static {
     /// Per-connection state kept between calls. Keep it small: every connection,
     /// idle ones included, carries one.

@@ -35,6 +35,24 @@ use compose::invalid;
 const POOL_STOP_WAIT: Duration = Duration::from_secs(1);
 
 /// A running server.
+///
+/// ```
+/// let cfg = reactor::Config::default().addr("127.0.0.1:0".parse().unwrap()).threads(1);
+/// let server = reactor::Server::start(&cfg)?;
+/// let (status, _) = {
+///     use std::io::{Read, Write};
+///     let mut c = std::net::TcpStream::connect(server.local_addr())?;
+///     c.write_all(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")?;
+///     let mut got = String::new();
+///     c.read_to_string(&mut got)?;
+///     (got[9..12].to_string(), got)
+/// };
+/// assert_eq!(status, "200");
+/// server.shutdown();
+/// let totals = server.join()?;
+/// assert_eq!(totals.requests, 1);
+/// # Ok::<(), std::io::Error>(())
+/// ```
 pub struct Server {
     addr: SocketAddr,
     shared: Arc<Shared>,
