@@ -48,6 +48,117 @@ fn parse_cidrs(s: &str) -> Result<CidrList, String> {
     crate::proxy::parse_cidrs(s).map(CidrList)
 }
 
+/// Where a server listens: a TCP address, or the path of a Unix socket
+/// (`unix:/run/reactor.sock` on the command line).
+///
+/// ```
+/// use reactor::config::ListenAddr;
+/// let tcp: ListenAddr = "127.0.0.1:8080".parse().unwrap();
+/// assert_eq!(tcp.port(), 8080);
+/// let unix: ListenAddr = "unix:/run/reactor.sock".parse().unwrap();
+/// assert_eq!(unix.to_string(), "unix:/run/reactor.sock");
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ListenAddr {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl ListenAddr {
+    /// The TCP port (0 for a Unix socket).
+    pub fn port(&self) -> u16 {
+        match self {
+            ListenAddr::Tcp(a) => a.port(),
+            ListenAddr::Unix(_) => 0,
+        }
+    }
+}
+
+impl std::str::FromStr for ListenAddr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<ListenAddr, String> {
+        match s.strip_prefix("unix:") {
+            Some("") => Err("unix: needs a path (unix:/run/reactor.sock)".into()),
+            Some(path) => Ok(ListenAddr::Unix(PathBuf::from(path))),
+            None => s.parse().map(ListenAddr::Tcp).map_err(|e| {
+                format!("`{s}`: {e} (an address is HOST:PORT, or unix:/path/to/socket)")
+            }),
+        }
+    }
+}
+
+impl std::fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ListenAddr::Tcp(a) => write!(f, "{a}"),
+            ListenAddr::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+impl From<SocketAddr> for ListenAddr {
+    fn from(a: SocketAddr) -> ListenAddr {
+        ListenAddr::Tcp(a)
+    }
+}
+
+/// `--unix-owner USER[:GROUP]`: names or numeric ids.
+///
+/// ```
+/// let o: reactor::config::Owner = "0:0".parse().unwrap();
+/// assert_eq!((o.uid, o.gid), (Some(0), Some(0)));
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Owner {
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+}
+
+impl std::str::FromStr for Owner {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Owner, String> {
+        let (user, group) = match s.split_once(':') {
+            Some((u, g)) => (u, Some(g)),
+            None => (s, None),
+        };
+        let uid = match user {
+            "" => None,
+            u => Some(u.parse().or_else(|_| lookup_id(u, false))?),
+        };
+        let gid = match group {
+            None | Some("") => None,
+            Some(g) => Some(g.parse().or_else(|_| lookup_id(g, true))?),
+        };
+        Ok(Owner { uid, gid })
+    }
+}
+
+/// A user's or group's id by name (at start, before any thread of ours runs).
+fn lookup_id(name: &str, group: bool) -> Result<u32, String> {
+    let c = std::ffi::CString::new(name).map_err(|_| format!("`{name}`: not a name"))?;
+    // SAFETY: `c` is a valid C string; the returned record is read at once, before any
+    // other call that could overwrite it.
+    let id = unsafe {
+        if group {
+            let g = libc::getgrnam(c.as_ptr());
+            (!g.is_null()).then(|| (*g).gr_gid)
+        } else {
+            let p = libc::getpwnam(c.as_ptr());
+            (!p.is_null()).then(|| (*p).pw_uid)
+        }
+    };
+    id.ok_or_else(|| format!("no {} named `{name}`", if group { "group" } else { "user" }))
+}
+
+/// `--unix-mode`: octal permission bits.
+#[cfg_attr(not(feature = "cli"), allow(dead_code))]
+fn parse_mode(s: &str) -> Result<u32, String> {
+    u32::from_str_radix(s.trim_start_matches("0o"), 8)
+        .ok()
+        .filter(|m| *m <= 0o7777)
+        .ok_or_else(|| format!("`{s}`: a mode is octal, like 660"))
+}
+
 /// The protocol a server speaks.
 ///
 /// ```
@@ -77,9 +188,17 @@ pub enum ProtocolKind {
 /// assert_eq!((cfg.threads, cfg.addr.port()), (2, 8080));
 /// ```
 pub struct Config {
-    /// Address to listen on.
+    /// Address to listen on: HOST:PORT, or unix:/path for a Unix socket.
     #[cfg_attr(feature = "cli", arg(long, default_value = "0.0.0.0:8080"))]
-    pub addr: SocketAddr,
+    pub addr: ListenAddr,
+
+    /// With a Unix socket: its permission bits, in octal (default: from the umask).
+    #[cfg_attr(feature = "cli", arg(long, value_parser = parse_mode))]
+    pub unix_mode: Option<u32>,
+
+    /// With a Unix socket: its owner and group, `USER[:GROUP]` (names or ids).
+    #[cfg_attr(feature = "cli", arg(long))]
+    pub unix_owner: Option<Owner>,
 
     /// Protocol to speak.
     #[cfg_attr(feature = "cli", arg(long, value_enum, default_value_t = ProtocolKind::Http))]
@@ -88,6 +207,12 @@ pub struct Config {
     /// Reactor threads, each with its own SO_REUSEPORT listener (0 = one per CPU).
     #[cfg_attr(feature = "cli", arg(long, default_value_t = 0))]
     pub threads: usize,
+
+    /// Share the address with a server already listening on it (SO_REUSEPORT), as a
+    /// restart that starts the new server before stopping the old one does. Without it,
+    /// a server refuses to start on an address another one serves.
+    #[cfg_attr(feature = "cli", arg(long))]
+    pub reuse_port: bool,
 
     /// Listen backlog (the kernel caps it at net.core.somaxconn).
     #[cfg_attr(feature = "cli", arg(long, default_value_t = 4096))]
@@ -284,9 +409,12 @@ impl Default for Config {
     /// agree).
     fn default() -> Self {
         Config {
-            addr: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            addr: ListenAddr::Tcp(SocketAddr::from(([0, 0, 0, 0], 8080))),
+            unix_mode: None,
+            unix_owner: None,
             protocol: ProtocolKind::Http,
             threads: 0,
+            reuse_port: false,
             backlog: 4096,
             keepalive_secs: 60,
             idle_timeout: Duration::from_secs(60),
@@ -343,12 +471,19 @@ macro_rules! setters {
 }
 
 setters! {
-    /// Sets [`Config::addr`].
-    addr: SocketAddr,
+    /// Sets [`Config::addr`] (`"127.0.0.1:8080".parse()?`, or a `SocketAddr`'s
+    /// `.into()`).
+    addr: ListenAddr,
+    /// Sets [`Config::unix_mode`].
+    unix_mode: Option<u32>,
+    /// Sets [`Config::unix_owner`].
+    unix_owner: Option<Owner>,
     /// Sets [`Config::protocol`].
     protocol: ProtocolKind,
     /// Sets [`Config::threads`].
     threads: usize,
+    /// Sets [`Config::reuse_port`].
+    reuse_port: bool,
     /// Sets [`Config::backlog`].
     backlog: i32,
     /// Sets [`Config::keepalive_secs`].

@@ -3,10 +3,155 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::Path;
 use std::time::Duration;
 
-use mio::net::{TcpListener, TcpStream};
-use socket2::{Domain, Protocol, SockRef, Socket, TcpKeepalive, Type};
+use mio::net::{TcpListener, TcpStream, UnixListener};
+use socket2::{Domain, Protocol, SockAddr, SockRef, Socket, TcpKeepalive, Type};
+
+use crate::core::Peer;
+
+/// A shard's listening socket: TCP, or a Unix socket (every shard holds a duplicate of
+/// the one descriptor, since a path cannot be bound twice).
+pub(crate) enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixListener),
+}
+
+/// A connection just accepted, before the core has it.
+pub(crate) enum Accepted {
+    Tcp(TcpStream),
+    Unix(mio::net::UnixStream),
+}
+
+impl Listener {
+    pub fn accept(&self) -> io::Result<(Accepted, Peer)> {
+        match self {
+            Listener::Tcp(l) => l.accept().map(|(s, a)| (Accepted::Tcp(s), Peer::Ip(a))),
+            Listener::Unix(l) => l.accept().map(|(s, _)| (Accepted::Unix(s), Peer::Unix)),
+        }
+    }
+
+    pub fn source(&mut self) -> &mut dyn mio::event::Source {
+        match self {
+            Listener::Tcp(l) => l,
+            Listener::Unix(l) => l,
+        }
+    }
+
+    /// Where it listens.
+    pub fn listen_addr(&self) -> io::Result<crate::config::ListenAddr> {
+        use crate::config::ListenAddr;
+        match self {
+            Listener::Tcp(l) => l.local_addr().map(ListenAddr::Tcp),
+            Listener::Unix(l) => {
+                let path = SockRef::from(l)
+                    .local_addr()?
+                    .as_pathname()
+                    .map(Path::to_path_buf)
+                    .unwrap_or_default();
+                Ok(ListenAddr::Unix(path))
+            }
+        }
+    }
+
+    /// A listener from a descriptor handed over by a predecessor: TCP or Unix, as the
+    /// socket says.
+    pub fn from_fd(fd: std::os::fd::OwnedFd) -> io::Result<Listener> {
+        let unix = SockRef::from(&fd).local_addr()?.is_unix();
+        Ok(if unix {
+            let l = std::os::unix::net::UnixListener::from(fd);
+            l.set_nonblocking(true)?;
+            Listener::Unix(UnixListener::from_std(l))
+        } else {
+            let l = std::net::TcpListener::from(fd);
+            l.set_nonblocking(true)?;
+            Listener::Tcp(TcpListener::from_std(l))
+        })
+    }
+}
+
+impl AsFd for Listener {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Listener::Tcp(l) => l.as_fd(),
+            Listener::Unix(l) => l.as_fd(),
+        }
+    }
+}
+
+/// How a Unix socket's file is made.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct UnixOptions {
+    /// Its permission bits (`0o660`, say); the umask's otherwise.
+    pub mode: Option<u32>,
+    /// Its owner and group (numeric ids), when they are to change.
+    pub owner: Option<(Option<u32>, Option<u32>)>,
+}
+
+/// A listening Unix socket at `path`. A file already there is taken over only if it is
+/// a socket nobody listens on (left by a crash); a live server's socket, or a file of
+/// another kind, is refused.
+pub(crate) fn bind_unix(
+    path: &Path,
+    backlog: i32,
+    opts: &UnixOptions,
+) -> io::Result<std::os::unix::net::UnixListener> {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if !meta.file_type().is_socket() => {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("{} exists and is not a socket: not touched", path.display()),
+            ));
+        }
+        Ok(_) => match std::os::unix::net::UnixStream::connect(path) {
+            Ok(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    format!(
+                        "unix:{} is already in use: another server listens there",
+                        path.display()
+                    ),
+                ));
+            }
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                log::info!("removing the stale socket {}", path.display());
+                std::fs::remove_file(path)?;
+            }
+            Err(e) => {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("{}: checking the socket already there: {e}", path.display()),
+                ));
+            }
+        },
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io::Error::new(e.kind(), format!("{}: {e}", path.display()))),
+    }
+    let socket = Socket::new(Domain::UNIX, Type::STREAM, None)?;
+    socket
+        .bind(&SockAddr::unix(path)?)
+        .map_err(|e| io::Error::new(e.kind(), format!("binding {}: {e}", path.display())))?;
+    // Mode and owner before listen(): until then a connection is refused, so nobody
+    // gets in under the umask's permissions.
+    let made = (|| {
+        if let Some(mode) = opts.mode {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+        }
+        if let Some((uid, gid)) = opts.owner {
+            std::os::unix::fs::chown(path, uid, gid)?;
+        }
+        socket.listen(backlog)?;
+        socket.set_nonblocking(true)
+    })();
+    if let Err(e) = made {
+        let _ = std::fs::remove_file(path);
+        return Err(io::Error::new(e.kind(), format!("{}: {e}", path.display())));
+    }
+    Ok(socket.into())
+}
 
 /// A non-blocking listener on `addr`. SO_REUSEPORT lets every reactor thread bind its
 /// own listener to the same port; the kernel spreads new connections over them.
@@ -19,6 +164,35 @@ pub fn bind(addr: SocketAddr, backlog: i32) -> io::Result<TcpListener> {
     socket.bind(&addr.into())?;
     socket.listen(backlog)?;
     Ok(TcpListener::from_std(socket.into()))
+}
+
+/// Makes sure no live socket listens on `addr` before the shards bind it, since their
+/// SO_REUSEPORT would otherwise join a server already there (a forgotten instance, a
+/// typo in a unit) and silently take part of its traffic. A probe binds without
+/// SO_REUSEPORT (with SO_REUSEADDR, so that connections in TIME_WAIT from an earlier
+/// run do not count): the kernel refuses it while any socket listens on the address.
+/// Returns the address to bind, its port chosen when `addr`'s is 0.
+pub fn claim(addr: SocketAddr) -> io::Result<SocketAddr> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    match socket.bind(&addr.into()) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
+            return Err(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                format!(
+                    "{addr} is already in use: another server listens there (to share the \
+                     port with it on purpose, as a restart with SO_REUSEPORT does, give \
+                     --reuse-port, Config::reuse_port)"
+                ),
+            ));
+        }
+        Err(e) => return Err(io::Error::new(e.kind(), format!("binding {addr}: {e}"))),
+    }
+    socket
+        .local_addr()?
+        .as_socket()
+        .ok_or_else(|| io::Error::other("the probe socket has no address"))
 }
 
 /// Options for an accepted socket: no Nagle delay, and keep-alive probes after
@@ -75,6 +249,19 @@ mod tests {
         let addr = a.local_addr().unwrap();
         let b = bind(addr, 16).unwrap();
         assert_eq!(b.local_addr().unwrap(), addr);
+    }
+
+    #[test]
+    fn a_claim_is_refused_where_a_listener_is() {
+        let a = bind("127.0.0.1:0".parse().unwrap(), 16).unwrap();
+        let addr = a.local_addr().unwrap();
+        let e = claim(addr).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::AddrInUse);
+        assert!(e.to_string().contains(&addr.to_string()), "{e}");
+        drop(a);
+        assert_eq!(claim(addr).unwrap(), addr);
+        let picked = claim("127.0.0.1:0".parse().unwrap()).unwrap();
+        assert_ne!(picked.port(), 0);
     }
 
     #[test]

@@ -189,3 +189,48 @@ fn a_server_that_fails_to_start_leaves_nothing_serving() {
         "a shard of the failed server still accepts on its port"
     );
 }
+
+/// A second server started by mistake on an address already served would join it
+/// through SO_REUSEPORT and take part of its traffic: it refuses to start, naming the
+/// address, unless asked to share (the SO_REUSEPORT restart).
+#[test]
+fn a_second_server_on_a_served_address_fails_unless_asked_to_share() {
+    let cfg = reactor::Config::default()
+        .addr("127.0.0.1:0".parse().unwrap())
+        .threads(2)
+        .stats_interval(std::time::Duration::ZERO);
+    let first = reactor::Server::start(&cfg).expect("the first server starts");
+    let addr = first.local_addr();
+    let err = reactor::Server::start(&cfg.clone().addr(addr.into()))
+        .err()
+        .expect("a second server on the same address is refused");
+    assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse);
+    assert!(
+        err.to_string().contains(&addr.to_string()) && err.to_string().contains("--reuse-port"),
+        "{err}"
+    );
+    // The binary says so and exits non-zero.
+    let out = std::process::Command::new(binary())
+        .args(["--addr", &addr.to_string(), "--threads", "1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("already in use"), "{stderr}");
+    // Asked to share, it joins: both serve the address.
+    let second = reactor::Server::start(&cfg.clone().addr(addr.into()).reuse_port(true))
+        .expect("sharing on purpose");
+    assert_eq!(second.local_addr(), addr);
+    for _ in 0..8 {
+        let (status, body) = http_get(addr, "/");
+        assert_eq!((status, body.as_str()), (200, "Hello, World!"));
+    }
+    // Nothing listens any more: a server starts without the flag.
+    first.shutdown();
+    first.join().unwrap();
+    second.shutdown();
+    second.join().unwrap();
+    let third = reactor::Server::start(&cfg.clone().addr(addr.into())).expect("a free address");
+    third.shutdown();
+    third.join().unwrap();
+}

@@ -209,7 +209,7 @@ fn three_reuseport_restarts_with_tcp_migrate_req_lose_no_connection() {
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&migrate.stdout).trim(), "1");
-    let args = "--protocol http --threads 2 --addr 127.0.0.1:18080";
+    let args = "--protocol http --threads 2 --addr 127.0.0.1:18080 --reuse-port";
     let mut old = Server::start_in_netns(&ns.0, args);
     let addr: SocketAddr = "127.0.0.1:18080".parse().unwrap();
     let load = start_load(addr, 32, Some(&ns.0));

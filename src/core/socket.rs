@@ -23,9 +23,7 @@ pub enum Peer {
     /// A TCP peer.
     Ip(SocketAddr),
     /// A Unix-socket peer: no address (per-address limits do not apply; a PROXY header
-    /// may still name the client). Only the simulation opens these until the driver
-    /// listens on Unix sockets.
-    #[cfg_attr(not(test), allow(dead_code))]
+    /// may still name the client).
     Unix,
 }
 

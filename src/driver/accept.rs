@@ -9,11 +9,12 @@
 
 use std::fs::File;
 use std::io;
-use std::net::SocketAddr;
 
 use log::warn;
-use mio::net::{TcpListener, TcpStream};
 use mio::{Interest, Registry, Token};
+
+use crate::core::Peer;
+use crate::listener::{Accepted, Listener};
 
 /// The listener's token; connections use their slab keys, which never reach it.
 pub(crate) const LISTENER: Token = Token(usize::MAX - 1);
@@ -27,7 +28,7 @@ const WARN_EVERY_MS: u64 = 60_000;
 
 pub(crate) struct Acceptor {
     shard: usize,
-    listener: Option<TcpListener>,
+    listener: Option<Listener>,
     /// The budget ran out with connections still waiting: accept again this turn.
     pub pending: bool,
     /// Accepting is paused until this time (ms).
@@ -50,8 +51,8 @@ fn out_of_fds(e: &io::Error) -> bool {
 }
 
 impl Acceptor {
-    pub fn new(shard: usize, reg: &Registry, mut listener: TcpListener) -> io::Result<Self> {
-        reg.register(&mut listener, LISTENER, Interest::READABLE)?;
+    pub fn new(shard: usize, reg: &Registry, mut listener: Listener) -> io::Result<Self> {
+        reg.register(listener.source(), LISTENER, Interest::READABLE)?;
         Ok(Acceptor {
             shard,
             listener: Some(listener),
@@ -67,7 +68,7 @@ impl Acceptor {
     /// Stops accepting for good (drain): the listener is closed.
     pub fn close(&mut self, reg: &Registry) {
         if let Some(mut l) = self.listener.take() {
-            let _ = reg.deregister(&mut l);
+            let _ = reg.deregister(l.source());
         }
         self.pending = false;
         self.resume_at = None;
@@ -81,7 +82,7 @@ impl Acceptor {
     /// Accepts until WouldBlock or the budget; `admit` decides each connection's fate
     /// (and registers and stores the ones it keeps, or drops the socket). `open` is the
     /// shard's connection count, for the warning.
-    pub fn accept(&mut self, now: u64, open: usize, mut admit: impl FnMut(TcpStream, SocketAddr)) {
+    pub fn accept(&mut self, now: u64, open: usize, mut admit: impl FnMut(Accepted, Peer)) {
         self.pending = false;
         if self.resume_at.is_some_and(|at| now < at) {
             return;

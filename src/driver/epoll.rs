@@ -18,12 +18,12 @@ use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, RawFd};
 use std::time::{Duration, Instant};
 
 use log::{debug, warn};
-use mio::net::{TcpListener, TcpStream};
+use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Registry, Token};
 
 use super::accept::{Acceptor, LISTENER};
-use crate::core::{Core, Peer, Socket, Sockets};
-use crate::listener::configure_accepted;
+use crate::core::{Core, Socket, Sockets};
+use crate::listener::{Accepted, Listener, configure_accepted};
 
 pub(crate) const WAKER: Token = Token(usize::MAX);
 
@@ -109,7 +109,7 @@ impl<C: Core> Driver<C> {
     pub fn new(
         id: usize,
         poll: Poll,
-        listener: TcpListener,
+        listener: Listener,
         core: C,
         keepalive: Option<Duration>,
     ) -> io::Result<Self> {
@@ -185,24 +185,37 @@ impl<C: Core> Driver<C> {
     fn accept(&mut self) {
         let (core, table, keepalive) = (&mut self.core, &mut self.table, self.keepalive);
         let open = core.open_count();
-        self.acceptor.accept(self.now, open, |mut sock, peer| {
-            let fd = sock.as_raw_fd();
-            let Some(key) = core.open(Peer::Ip(peer), fd as u32) else {
+        self.acceptor.accept(self.now, open, |sock, peer| {
+            let fd = match &sock {
+                Accepted::Tcp(s) => s.as_raw_fd(),
+                Accepted::Unix(s) => s.as_raw_fd(),
+            };
+            let Some(key) = core.open(peer, fd as u32) else {
                 return;
             };
-            if let Err(e) = configure_accepted(&sock, keepalive) {
-                debug!("socket options on an accepted connection: {e}");
-            }
-            if let Err(e) = table
-                .reg
-                .register(&mut sock, Token(key), Interest::READABLE)
-            {
+            let registered = match sock {
+                Accepted::Tcp(mut s) => {
+                    if let Err(e) = configure_accepted(&s, keepalive) {
+                        debug!("socket options on an accepted connection: {e}");
+                    }
+                    let r = table.reg.register(&mut s, Token(key), Interest::READABLE);
+                    // The descriptor is the connection's now (see `Table`).
+                    let _ = s.into_raw_fd();
+                    r
+                }
+                Accepted::Unix(mut s) => {
+                    let r = table.reg.register(&mut s, Token(key), Interest::READABLE);
+                    let _ = s.into_raw_fd();
+                    r
+                }
+            };
+            if let Err(e) = registered {
                 warn!("registering a connection failed: {e}");
+                // The core gives the connection up; its descriptor is closed here.
                 core.abort(key);
-                return;
+                // SAFETY: the descriptor was released above and nothing else owns it.
+                drop(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) });
             }
-            // The descriptor is the connection's now (see `Table`).
-            let _ = sock.into_raw_fd();
         });
     }
 

@@ -4,6 +4,7 @@
 
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -12,12 +13,13 @@ use log::{info, warn};
 use mio::{Poll, Waker};
 
 use super::Server;
+use crate::config::ListenAddr;
 use crate::config::{Config, ProtocolKind};
 use crate::connection::{PushBox, Pusher};
 use crate::core::{Settings, Shard, Timeouts};
 use crate::driver::epoll::{Driver, WAKER};
 use crate::handover;
-use crate::listener::{bind, raise_nofile_limit};
+use crate::listener::{Listener, UnixOptions, bind, bind_unix, claim, raise_nofile_limit};
 use crate::service::Handler;
 use crate::shared::Shared;
 use crate::tls::TlsShared;
@@ -147,21 +149,40 @@ pub(super) fn compose<H: Handler>(
     // picks the port and the others share it through SO_REUSEPORT.
     // With --takeover, the listeners come from the server being replaced instead.
     let mut listeners = Vec::with_capacity(threads);
+    let mut unix_file = None;
     if let Some(taken) = takeover.as_mut() {
         for fd in std::mem::take(&mut taken.0) {
-            let l = std::net::TcpListener::from(fd);
-            l.set_nonblocking(true)?;
-            listeners.push(mio::net::TcpListener::from_std(l));
+            listeners.push(Listener::from_fd(fd)?);
         }
     } else {
-        let mut addr = cfg.addr;
-        for _ in 0..threads {
-            let listener = bind(addr, cfg.backlog)?;
-            addr = listener.local_addr()?;
-            listeners.push(listener);
+        match &cfg.addr {
+            ListenAddr::Tcp(addr) => {
+                let mut addr = if cfg.reuse_port { *addr } else { claim(*addr)? };
+                for _ in 0..threads {
+                    let listener = bind(addr, cfg.backlog)?;
+                    addr = listener.local_addr()?;
+                    listeners.push(Listener::Tcp(listener));
+                }
+            }
+            ListenAddr::Unix(path) => {
+                let opts = UnixOptions {
+                    mode: cfg.unix_mode,
+                    owner: cfg.unix_owner.map(|o| (o.uid, o.gid)),
+                };
+                let l = bind_unix(path, cfg.backlog, &opts)?;
+                unix_file = Some(UnixFile::of(path)?);
+                // One socket, a descriptor of it per shard: each shard's epoll waits on
+                // it, and the first to accept takes the connection.
+                for _ in 1..threads {
+                    listeners.push(Listener::Unix(mio::net::UnixListener::from_std(
+                        l.try_clone()?,
+                    )));
+                }
+                listeners.push(Listener::Unix(mio::net::UnixListener::from_std(l)));
+            }
         }
     }
-    let addr = listeners[0].local_addr()?;
+    let listen = listeners[0].listen_addr()?;
     // Kept to hand the listeners over to a successor (--handover), and only then:
     // a copy keeps the listening socket open, so it is dropped when the drain starts.
     let listener_fds = if cfg.handover.is_some() {
@@ -201,7 +222,7 @@ pub(super) fn compose<H: Handler>(
         format!("{name} listening on")
     };
     info!(
-        "{what} {addr}: protocol={protocol} threads={threads} \
+        "{what} {listen}: protocol={protocol} threads={threads} \
          max_connections={max_conns} idle_timeout={:?} read_timeout={:?} \
          write_timeout={:?} high_water={} delay_ms={} open_files={soft} (hard {hard}){workers}{}",
         cfg.idle_timeout,
@@ -212,8 +233,14 @@ pub(super) fn compose<H: Handler>(
         if set.tls.is_some() { " tls=on" } else { "" },
     );
     let handler = Arc::new(handler);
+    let addr = match &listen {
+        ListenAddr::Tcp(a) => *a,
+        ListenAddr::Unix(_) => std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
+    };
     let mut server = Server {
         addr,
+        listen,
+        unix_file,
         shared: shared.clone(),
         wakers: Vec::with_capacity(threads),
         threads: Vec::with_capacity(threads),
@@ -260,4 +287,33 @@ pub(super) fn compose<H: Handler>(
     }
     server.takeover = takeover.map(|(_, stream)| stream);
     Ok(server)
+}
+
+/// The file of a Unix socket this server made, to remove when it stops (unless the
+/// socket went to a successor, or the file is not ours any more).
+pub(super) struct UnixFile {
+    path: PathBuf,
+    dev: u64,
+    ino: u64,
+}
+
+impl UnixFile {
+    fn of(path: &std::path::Path) -> io::Result<UnixFile> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::symlink_metadata(path)?;
+        Ok(UnixFile {
+            path: path.to_path_buf(),
+            dev: m.dev(),
+            ino: m.ino(),
+        })
+    }
+
+    pub(super) fn remove(&self) {
+        use std::os::unix::fs::MetadataExt;
+        if let Ok(m) = std::fs::symlink_metadata(&self.path)
+            && (m.dev(), m.ino()) == (self.dev, self.ino)
+        {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
 }

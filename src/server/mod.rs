@@ -17,7 +17,7 @@ use std::time::Duration;
 use log::{info, warn};
 use mio::Waker;
 
-use crate::config::{Config, ProtocolKind};
+use crate::config::{Config, ListenAddr, ProtocolKind};
 use crate::connection::Pusher;
 use crate::handover;
 use crate::http::{App, Limits, Request, hello};
@@ -55,6 +55,9 @@ const POOL_STOP_WAIT: Duration = Duration::from_secs(1);
 /// ```
 pub struct Server {
     addr: SocketAddr,
+    listen: ListenAddr,
+    /// The Unix socket's file this server made, removed when it stops.
+    unix_file: Option<compose::UnixFile>,
     shared: Arc<Shared>,
     wakers: Vec<Arc<Waker>>,
     threads: Vec<JoinHandle<io::Result<()>>>,
@@ -128,7 +131,7 @@ impl Server {
             compose::compose(cfg, handler, "reactor", builtin.unwrap_or_else(H::name))?;
         if let Some(addr) = cfg.metrics_addr {
             let admin_cfg = Config {
-                addr,
+                addr: ListenAddr::Tcp(addr),
                 threads: 1,
                 max_connections: 64,
                 idle_timeout: Duration::from_secs(30),
@@ -222,9 +225,15 @@ impl Server {
         }
     }
 
-    /// The address the listeners are bound to.
+    /// The TCP address the listeners are bound to (0.0.0.0:0 for a Unix socket: see
+    /// [`listen_addr`](Server::listen_addr)).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Where the server listens: its TCP address, or its Unix socket's path.
+    pub fn listen_addr(&self) -> &ListenAddr {
+        &self.listen
     }
 
     /// The counters of all shards, as last published (within about 100 ms), and the
@@ -296,6 +305,11 @@ impl Server {
         }
         // Each shard published its final counters as its loop ended.
         let sum = self.stats();
+        if let Some(f) = self.unix_file.take()
+            && !self.shared.handed_over.load(Ordering::Acquire)
+        {
+            f.remove();
+        }
         if let Some(admin) = self.admin.take() {
             admin.shutdown();
             let _ = admin.join();
