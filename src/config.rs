@@ -214,6 +214,12 @@ pub struct Config {
     #[cfg_attr(feature = "cli", arg(long))]
     pub reuse_port: bool,
 
+    /// Serve the listening sockets a service manager passed (systemd's socket
+    /// activation: `LISTEN_PID` and `LISTEN_FDS`) instead of binding `addr`, when
+    /// there are any. The `reactor` binary turns it on.
+    #[cfg_attr(feature = "cli", arg(skip))]
+    pub socket_activation: bool,
+
     /// Listen backlog (the kernel caps it at net.core.somaxconn).
     #[cfg_attr(feature = "cli", arg(long, default_value_t = 4096))]
     pub backlog: i32,
@@ -415,6 +421,7 @@ impl Default for Config {
             protocol: ProtocolKind::Http,
             threads: 0,
             reuse_port: false,
+            socket_activation: false,
             backlog: 4096,
             keepalive_secs: 60,
             idle_timeout: Duration::from_secs(60),
@@ -484,6 +491,8 @@ setters! {
     threads: usize,
     /// Sets [`Config::reuse_port`].
     reuse_port: bool,
+    /// Sets [`Config::socket_activation`].
+    socket_activation: bool,
     /// Sets [`Config::backlog`].
     backlog: i32,
     /// Sets [`Config::keepalive_secs`].

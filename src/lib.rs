@@ -53,6 +53,7 @@ macro_rules! internal {
 }
 
 internal!(buffer, handover, listener, proxy, timer, workers);
+mod activation;
 pub mod client;
 pub mod clock;
 pub mod config;

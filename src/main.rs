@@ -1,7 +1,9 @@
 use clap::Parser;
 
 fn main() {
-    let cfg = reactor::Config::parse();
+    // Started by a service manager with sockets of its own (systemd's socket
+    // activation), the server serves those instead of binding --addr.
+    let cfg = reactor::Config::parse().socket_activation(true);
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     if let Err(e) = reactor::server::run(&cfg) {
         log::error!("reactor: {e}");

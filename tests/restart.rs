@@ -227,3 +227,140 @@ fn three_reuseport_restarts_with_tcp_migrate_req_lose_no_connection() {
     assert_eq!(status.code(), Some(0));
     let _ = std::fs::remove_file(&state);
 }
+
+/// `systemd-socket-activate` (Debian's systemd package) holding 127.0.0.1:`port` and
+/// running `script` under `sh` when the first connection comes; the script's
+/// `$REACTOR` is the server binary. Its standard error goes to `log`.
+fn socket_activate(port: u16, script: &str, log: &std::path::Path) -> Killed {
+    // It passes only the environment it is told to (-E).
+    let child = Command::new("systemd-socket-activate")
+        .args(["-l", &format!("127.0.0.1:{port}")])
+        .arg("-E")
+        .arg(format!("REACTOR={}", binary().display()))
+        .args(["-E", "RUST_LOG=info", "sh", "-c", script])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .expect("systemd-socket-activate runs (apt-get install systemd)");
+    // Listening, from /proc/net/tcp: no connection is made, which would start the
+    // script.
+    let want = format!("0100007F:{port:04X}");
+    let end = std::time::Instant::now() + DEADLINE;
+    while !tcp_table()
+        .iter()
+        .any(|r| r.local == want && r.state == TCP_LISTEN)
+    {
+        assert!(std::time::Instant::now() < end, "nothing listens on {port}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Killed(child)
+}
+
+/// Waits until `log` has a line containing `what`.
+fn wait_log(log: &std::path::Path, what: &str) -> String {
+    let end = std::time::Instant::now() + DEADLINE;
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if let Some(l) = text.lines().find(|l| l.contains(what)) {
+            return l.to_string();
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "never logged {what:?}:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Socket activation: started by `systemd-socket-activate` with the listening socket
+/// as descriptor 3, the server serves it (with two shards) instead of binding.
+#[test]
+fn served_through_systemd_socket_activate() {
+    assert!(
+        have("systemd-socket-activate"),
+        "systemd-socket-activate is missing"
+    );
+    let dir = std::env::temp_dir().join(format!("reactor-activate-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("server.log");
+    let port = free_port();
+    // exec: the server is the process systemd-socket-activate started (LISTEN_PID).
+    let _sa = socket_activate(
+        port,
+        "exec \"$REACTOR\" --threads 2 --addr 127.0.0.1:1",
+        &log,
+    );
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    for _ in 0..20 {
+        one_request(addr).expect("served through the inherited socket");
+    }
+    let line = wait_log(&log, "socket activation: serving 1 inherited listener");
+    assert!(!line.is_empty());
+    // It served the inherited socket, not --addr (port 1 could not have been bound).
+    wait_log(&log, &format!("listening on 127.0.0.1:{port}"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The manager keeps the socket while the server restarts, as systemd does for a
+/// service with a `.socket` unit: three restarts (SIGTERM, drain, a new server on the
+/// same inherited socket) under continuous load, and no connection fails.
+#[test]
+fn three_restarts_under_socket_activation_lose_no_connection() {
+    assert!(
+        have("systemd-socket-activate"),
+        "systemd-socket-activate is missing"
+    );
+    let dir = std::env::temp_dir().join(format!("reactor-reactivate-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (log, pid, stop) = (dir.join("server.log"), dir.join("pid"), dir.join("stop"));
+    let port = free_port();
+    // The shell holds descriptor 3 for good; each server is a child that takes it
+    // (LISTEN_PID set to its own pid before the exec), as systemd would start it.
+    let script = format!(
+        "while [ ! -e {stop} ]; do sh -c 'echo $$ > {pid}; export LISTEN_PID=$$; \
+         exec \"$REACTOR\" --threads 2 --drain-grace 1s'; done",
+        stop = stop.display(),
+        pid = pid.display()
+    );
+    let _sa = socket_activate(port, &script, &log);
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let load = start_load(addr, 8, None);
+    load.wait_for(300);
+    let server_pid = || -> i32 {
+        std::fs::read_to_string(&pid)
+            .ok()
+            .and_then(|p| p.trim().parse().ok())
+            .expect("a server pid")
+    };
+    for round in 0..3 {
+        let before = server_pid();
+        // SAFETY: a signal to the server the script started.
+        unsafe { libc::kill(before, libc::SIGTERM) };
+        let end = std::time::Instant::now() + DEADLINE;
+        while std::fs::read_to_string(&pid)
+            .ok()
+            .and_then(|p| p.trim().parse().ok())
+            == Some(before)
+        {
+            assert!(
+                std::time::Instant::now() < end,
+                "round {round}: no new server"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        load.wait_for(300);
+    }
+    load.finish_without_loss("socket activation");
+    std::fs::write(&stop, "").unwrap();
+    // SAFETY: as above.
+    unsafe { libc::kill(server_pid(), libc::SIGTERM) };
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(
+        text.matches("socket activation: serving 1 inherited listener")
+            .count(),
+        4,
+        "{text}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -53,11 +53,18 @@ pub(super) fn compose<H: Handler>(
         Some(path) if name != "admin" => Some(handover::take(path)?),
         _ => None,
     };
-    let threads = match (&takeover, cfg.threads) {
+    let activated = match name {
+        "admin" => None,
+        _ if takeover.is_none() && cfg.socket_activation => crate::activation::listen_fds()?,
+        _ => None,
+    };
+    let threads = match (&takeover, &activated, cfg.threads) {
         // One shard per listener handed over, whatever --threads says.
-        (Some((fds, _)), _) => fds.len(),
-        (None, 0) => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        (None, n) => n,
+        (Some((fds, _)), _, _) => fds.len(),
+        // Several sockets passed: a shard each.
+        (None, Some(fds), _) if fds.len() > 1 => fds.len(),
+        (None, _, 0) => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        (None, _, n) => n,
     };
     let pool = if H::POOLED {
         if cfg.workers == 0 {
@@ -154,6 +161,19 @@ pub(super) fn compose<H: Handler>(
         for fd in std::mem::take(&mut taken.0) {
             listeners.push(Listener::from_fd(fd)?);
         }
+    } else if let Some(fds) = activated {
+        // One socket passed: a descriptor of it per shard, as for a Unix socket.
+        let copies = if fds.len() == 1 { threads } else { 1 };
+        for fd in fds {
+            for _ in 1..copies {
+                listeners.push(Listener::from_fd(fd.try_clone()?)?);
+            }
+            listeners.push(Listener::from_fd(fd)?);
+        }
+        info!(
+            "socket activation: serving {} inherited listener(s)",
+            listeners.len() / copies
+        );
     } else {
         match &cfg.addr {
             ListenAddr::Tcp(addr) => {
