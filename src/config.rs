@@ -353,6 +353,16 @@ pub struct Config {
     )]
     pub tls_key: Option<PathBuf>,
 
+    /// Encrypt TLS session tickets with the key in this file (48 random bytes, mode
+    /// 0600: `openssl rand 48 > ticket.key`), so that a session resumes on every
+    /// instance that reads the same file, and across restarts. SIGHUP reads it again:
+    /// its new key encrypts, the previous one still decrypts.
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, requires = "tls_cert", help_heading = "TLS")
+    )]
+    pub tls_ticket_keys: Option<PathBuf>,
+
     /// Worker threads for handlers that may block, started up front (0 = no pool: every
     /// answer is computed on the loop).
     #[cfg_attr(
@@ -449,6 +459,7 @@ impl Default for Config {
             max_connections_per_ip: 0,
             tls_cert: None,
             tls_key: None,
+            tls_ticket_keys: None,
             workers: 0,
             workers_max: 0,
             worker_idle: Duration::from_secs(10),
@@ -547,6 +558,8 @@ setters! {
     tls_cert: Option<PathBuf>,
     /// Sets [`Config::tls_key`].
     tls_key: Option<PathBuf>,
+    /// Sets [`Config::tls_ticket_keys`].
+    tls_ticket_keys: Option<PathBuf>,
     /// Sets [`Config::workers`].
     workers: usize,
     /// Sets [`Config::workers_max`].

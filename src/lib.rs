@@ -70,6 +70,7 @@ pub mod server;
 pub mod service;
 mod shared;
 pub mod stats;
+mod tickets;
 pub mod tls;
 pub mod wire;
 

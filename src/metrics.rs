@@ -280,6 +280,13 @@ impl Collector for Sources {
                 None,
                 t.tls_handshakes,
             )?;
+            counter(
+                &mut e,
+                "reactor_tls_resumed_handshakes",
+                "TLS handshakes that resumed a session (a ticket or a cached session).",
+                None,
+                t.tls_resumed,
+            )?;
             {
                 let mut m = e.encode_descriptor(
                     "reactor_tls_handshake_failures",

@@ -91,6 +91,8 @@ pub struct Counters {
     pub stalls: u64,
     /// TLS handshakes completed.
     pub tls_handshakes: u64,
+    /// Of those, handshakes that resumed a session (a ticket or a cached session id).
+    pub tls_resumed: u64,
     /// TLS handshakes that did not complete, by reason: plain text on the TLS port,
     /// refused by rustls (bad records, no common parameters, an alert), timed out, or
     /// closed by the peer (or cut by a drain) before the end.
@@ -173,6 +175,7 @@ impl AddAssign for Counters {
         self.handler_timeouts += o.handler_timeouts;
         self.stalls += o.stalls;
         self.tls_handshakes += o.tls_handshakes;
+        self.tls_resumed += o.tls_resumed;
         self.tls_fail_not_tls += o.tls_fail_not_tls;
         self.tls_fail_protocol += o.tls_fail_protocol;
         self.tls_fail_timeout += o.tls_fail_timeout;
@@ -243,11 +246,12 @@ impl fmt::Display for Counters {
         if self.tls_handshakes > 0 || self.tls_handshake_failures() > 0 || self.tls_open > 0 {
             write!(
                 f,
-                " tls_open={} tls_handshakes={} tls_handshake_failures={} tls_fail_not_tls={} \
+                " tls_open={} tls_handshakes={} tls_resumed={} tls_handshake_failures={} tls_fail_not_tls={} \
                  tls_fail_protocol={} tls_fail_timeout={} tls_fail_closed={} tls_reloads={} \
                  tls_reload_failures={}",
                 self.tls_open,
                 self.tls_handshakes,
+                self.tls_resumed,
                 self.tls_handshake_failures(),
                 self.tls_fail_not_tls,
                 self.tls_fail_protocol,

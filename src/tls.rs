@@ -34,6 +34,8 @@ use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, Insufficien
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
+use crate::tickets::TicketKeys;
+
 use crate::mutant::{self, Mutant};
 
 /// The first byte of a TLS handshake record.
@@ -56,6 +58,8 @@ pub(crate) struct TlsShared {
     cert: PathBuf,
     key: PathBuf,
     alpn: Vec<Vec<u8>>,
+    /// With --tls-ticket-keys: session tickets any instance with the file can open.
+    tickets: Option<Arc<TicketKeys>>,
     current: Mutex<Arc<ServerConfig>>,
     generation: AtomicU64,
     /// Answered (unencrypted) to a peer whose first byte is not TLS, before closing:
@@ -81,7 +85,12 @@ fn invalid(msg: String) -> io::Error {
 
 /// Reads a PEM certificate chain and key and builds a server configuration (TLS 1.2
 /// and 1.3, ring's algorithms).
-pub(crate) fn load_config(cert: &Path, key: &Path, alpn: &[Vec<u8>]) -> io::Result<ServerConfig> {
+pub(crate) fn load_config(
+    cert: &Path,
+    key: &Path,
+    alpn: &[Vec<u8>],
+    tickets: Option<&Arc<TicketKeys>>,
+) -> io::Result<ServerConfig> {
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
         .map_err(|e| invalid(format!("--tls-cert {}: {e}", cert.display())))?;
@@ -93,7 +102,7 @@ pub(crate) fn load_config(cert: &Path, key: &Path, alpn: &[Vec<u8>]) -> io::Resu
     }
     let key = PrivateKeyDer::from_pem_file(key)
         .map_err(|e| invalid(format!("--tls-key {}: {e}", key.display())))?;
-    server_config(chain, key, alpn)
+    server_config(chain, key, alpn, tickets)
 }
 
 /// The cryptography every TLS configuration here uses: rustls's *ring* provider (Rust
@@ -111,6 +120,7 @@ fn server_config(
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
     alpn: &[Vec<u8>],
+    tickets: Option<&Arc<TicketKeys>>,
 ) -> io::Result<ServerConfig> {
     let provider = Arc::new(provider());
     let mut cfg = ServerConfig::builder_with_provider(provider)
@@ -120,6 +130,10 @@ fn server_config(
         .with_single_cert(chain, key)
         .map_err(|e| invalid(format!("--tls-cert/--tls-key: {e}")))?;
     cfg.alpn_protocols = alpn.to_vec();
+    if let Some(t) = tickets {
+        // Stateless tickets, for TLS 1.2 and 1.3 alike; no 0-RTT (rustls's default).
+        cfg.ticketer = t.clone();
+    }
     Ok(cfg)
 }
 
@@ -129,9 +143,15 @@ impl TlsShared {
         key: PathBuf,
         alpn: Vec<Vec<u8>>,
         plain_reply: Option<&'static [u8]>,
+        ticket_keys: Option<&Path>,
     ) -> io::Result<TlsShared> {
-        let cfg = load_config(&cert, &key, &alpn)?;
-        Ok(TlsShared::with(cert, key, alpn, cfg, plain_reply))
+        let tickets = ticket_keys
+            .map(|p| TicketKeys::open(p).map(Arc::new))
+            .transpose()?;
+        let cfg = load_config(&cert, &key, &alpn, tickets.as_ref())?;
+        let mut shared = TlsShared::with(cert, key, alpn, cfg, plain_reply);
+        shared.tickets = tickets;
+        Ok(shared)
     }
 
     fn with(
@@ -145,6 +165,7 @@ impl TlsShared {
             cert,
             key,
             alpn,
+            tickets: None,
             current: Mutex::new(Arc::new(cfg)),
             generation: AtomicU64::new(1),
             plain_reply,
@@ -165,7 +186,7 @@ impl TlsShared {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| invalid(e.to_string()))?;
         let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| invalid(e.to_string()))?;
-        let cfg = server_config(chain, key, &alpn)?;
+        let cfg = server_config(chain, key, &alpn, None)?;
         Ok(TlsShared::with(
             PathBuf::new(),
             PathBuf::new(),
@@ -175,10 +196,22 @@ impl TlsShared {
         ))
     }
 
-    /// Reads the certificate and key files again. On success new handshakes use them;
-    /// on failure the pair in force stays and the error is returned (and counted).
+    /// Reads the certificate and key files again, and the ticket key file (its key
+    /// encrypts from now on, the one before still decrypts). On success new
+    /// handshakes use them; on failure what is in force stays and the error is
+    /// returned (and counted).
     pub fn reload(&self) -> io::Result<()> {
-        match load_config(&self.cert, &self.key, &self.alpn) {
+        if let Some(t) = &self.tickets {
+            match t.reload() {
+                Ok(true) => log::info!("TLS ticket key rotated; the previous one still decrypts"),
+                Ok(false) => {}
+                Err(e) => {
+                    self.reload_failures.fetch_add(1, Ordering::Relaxed);
+                    return Err(e);
+                }
+            }
+        }
+        match load_config(&self.cert, &self.key, &self.alpn, self.tickets.as_ref()) {
             Ok(cfg) => {
                 let mut cur = self.current.lock().unwrap_or_else(|e| e.into_inner());
                 *cur = Arc::new(cfg);

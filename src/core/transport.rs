@@ -135,6 +135,9 @@ impl<H: Handler> ConnIo<H> {
         if tls.handshaking && !tls.conn.is_handshaking() {
             tls.handshaking = false;
             self.stats.tls_handshakes += 1;
+            if tls.conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+                self.stats.tls_resumed += 1;
+            }
             log::debug!(
                 "TLS handshake: {:?}, ALPN {:?}",
                 tls.conn.protocol_version(),

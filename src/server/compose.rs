@@ -104,7 +104,13 @@ pub(super) fn compose<H: Handler>(
                 key.clone(),
                 alpn,
                 plain_reply,
+                cfg.tls_ticket_keys.as_deref(),
             )?))
+        }
+        (None, None) if cfg.tls_ticket_keys.is_some() => {
+            return Err(invalid(
+                "Config::tls_ticket_keys (--tls-ticket-keys) needs TLS (--tls-cert)".into(),
+            ));
         }
         (None, None) => None,
         _ => {
