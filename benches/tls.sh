@@ -9,6 +9,10 @@
 #
 #   handshakes/s:   --conns 32 --conn-requests 1 (a new connection and a full
 #                   handshake per request; closed with a reset, no TIME_WAIT)
+#   resumed:        the same with --resume: the client offers its session back, and
+#                   both servers read their tickets from one key file (reactor
+#                   --tls-ticket-keys, nginx ssl_session_ticket_key); the share of
+#                   handshakes that did resume is in the table
 #   keep-alive:     --conns 50, one request in flight each: requests/s and server CPU
 #                   per request (from /proc, via --server-pid)
 #   idle:           --mode idle --conns N for N in $IDLE_CONNS: server RSS growth per
@@ -63,6 +67,11 @@ trap cleanup EXIT
     cat leaf.pem ca.pem >cert.pem
 )
 
+# One ticket key for both servers (48 bytes: nginx reads it as name, AES-128 key and
+# HMAC key; reactor as name and AES-256-GCM key).
+openssl rand -out "$tmp/ticket.key" 48
+chmod 600 "$tmp/ticket.key"
+
 PORT=18443
 cat >"$tmp/nginx.conf" <<EOF
 worker_processes 1;
@@ -81,6 +90,7 @@ http {
         ssl_certificate $tmp/cert.pem;
         ssl_certificate_key $tmp/key.pem;
         ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_session_ticket_key $tmp/ticket.key;
         location / { default_type text/plain; return 200 "Hello, World!"; }
     }
 }
@@ -93,6 +103,7 @@ start() {
         reactor)
             taskset -c "$SERVER_CPU" "$REACTOR" --addr "127.0.0.1:$PORT" --protocol http \
                 --threads 1 --tls-cert "$tmp/cert.pem" --tls-key "$tmp/key.pem" \
+                --tls-ticket-keys "$tmp/ticket.key" \
                 >"$tmp/reactor.log" 2>&1 &
             server_pid=$!
             measured_pid=$server_pid
@@ -140,6 +151,10 @@ for round in $(seq "$ROUNDS"); do
         r=$(bench --conns 32 --conn-requests 1 --duration "$DURATION")
         record "$server" hs_per_sec "$(jq .requests_per_sec <<<"$r")"
         record "$server" hs_cpu_us "$(jq .server_cpu_us_per_request <<<"$r")"
+        r=$(bench --conns 32 --conn-requests 1 --resume --duration "$DURATION")
+        record "$server" rs_per_sec "$(jq .requests_per_sec <<<"$r")"
+        record "$server" rs_cpu_us "$(jq .server_cpu_us_per_request <<<"$r")"
+        record "$server" rs_share "$(jq '.tls_resumed / ([.conns_established, 1] | max)' <<<"$r")"
         r=$(bench --conns 50 --duration "$DURATION")
         record "$server" ka_per_sec "$(jq .requests_per_sec <<<"$r")"
         record "$server" ka_cpu_us "$(jq .server_cpu_us_per_request <<<"$r")"
@@ -174,6 +189,9 @@ echo "| figure | reactor | nginx | reactor / nginx |"
 echo "|---|---:|---:|---:|"
 row "handshakes/s (new connection per request)" hs_per_sec "%.0f"
 row "server CPU per handshake+request (us)" hs_cpu_us "%.1f"
+row "resumed handshakes/s (new connection per request)" rs_per_sec "%.0f"
+row "server CPU per resumed handshake+request (us)" rs_cpu_us "%.1f"
+row "share of handshakes resumed" rs_share "%.2f"
 row "keep-alive HTTPS requests/s (50 conns)" ka_per_sec "%.0f"
 row "server CPU per keep-alive request (us)" ka_cpu_us "%.2f"
 for n in $IDLE_CONNS; do

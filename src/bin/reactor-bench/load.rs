@@ -29,6 +29,7 @@ pub(crate) struct Progress {
     pub(crate) ok: AtomicU64,
     pub(crate) failed: AtomicU64,
     pub(crate) bytes: AtomicU64,
+    pub(crate) resumed: AtomicU64,
 }
 
 pub(crate) struct Shared {
@@ -103,7 +104,7 @@ pub(crate) struct Worker {
     pub(crate) scratch: Vec<u8>,
     pub(crate) ok_measured: u64,
     pub(crate) bytes_measured: u64,
-    pub(crate) local: [u64; 5],
+    pub(crate) local: [u64; 6],
     pub(crate) first_error: Option<String>,
     /// Open loop: (due time, slab slot, connection id). A closed connection's entries
     /// stay in the heap; its slot may be reused by then, so each entry names the
@@ -127,6 +128,7 @@ pub(crate) const FAILED: usize = 1;
 pub(crate) const BYTES: usize = 2;
 pub(crate) const EST: usize = 3;
 pub(crate) const CFAIL: usize = 4;
+pub(crate) const RESUMED: usize = 5;
 
 impl Worker {
     pub(crate) fn fail(&mut self, n: u64, why: impl FnOnce() -> String) {
@@ -351,6 +353,9 @@ impl Worker {
             }
         }
         if matches!(c.st, St::Handshaking) && !tls.is_handshaking() {
+            if tls.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+                self.local[RESUMED] += 1;
+            }
             self.ready(key);
         }
         if self.opts.mode == Mode::Load {
@@ -420,7 +425,14 @@ impl Worker {
 
     pub(crate) fn publish(&mut self) {
         let p = &self.shared.progress[self.id];
-        let fields = [&p.ok, &p.failed, &p.bytes, &p.established, &p.conn_failed];
+        let fields = [
+            &p.ok,
+            &p.failed,
+            &p.bytes,
+            &p.established,
+            &p.conn_failed,
+            &p.resumed,
+        ];
         for (i, f) in fields.iter().enumerate() {
             if self.local[i] > 0 {
                 f.fetch_add(self.local[i], Ordering::Relaxed);

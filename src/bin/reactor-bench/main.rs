@@ -106,7 +106,11 @@ fn tls_setup(opts: &Opts) -> Option<(Arc<rustls::ClientConfig>, ServerName<'stat
     };
     let setup = tls::client_config(&trust, &alpn).and_then(|cfg| {
         let name = tls::server_name(opts.server_name.as_deref(), opts.addr.ip())?;
-        Ok((cfg, name))
+        let mut cfg = (*cfg).clone();
+        if !opts.resume {
+            cfg.resumption = rustls::client::Resumption::disabled();
+        }
+        Ok((std::sync::Arc::new(cfg), name))
     });
     match setup {
         Ok(s) => Some(s),
@@ -149,7 +153,7 @@ fn run(opts: &Opts) -> Report {
             scratch: vec![0; 64 * 1024],
             ok_measured: 0,
             bytes_measured: 0,
-            local: [0; 5],
+            local: [0; 6],
             first_error: None,
             schedule: BinaryHeap::new(),
             next_conn_id: 0,
@@ -296,6 +300,7 @@ fn run(opts: &Opts) -> Report {
         seconds,
         conns_established: established,
         conns_failed: shared.sum(|p| &p.conn_failed),
+        tls_resumed: shared.sum(|p| &p.resumed),
         conns_closed_by_server: closed_by_server,
         requests_ok: shared.sum(|p| &p.ok),
         requests_failed: shared.sum(|p| &p.failed),

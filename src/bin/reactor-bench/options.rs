@@ -105,6 +105,11 @@ pub(crate) struct Opts {
     /// checked.
     #[arg(long, requires = "tls")]
     pub(crate) insecure: bool,
+    /// TLS: resume sessions (the client keeps them, tickets or ids, as browsers do):
+    /// with --conn-requests 1, a resumed handshake per request. Without it every
+    /// handshake is a full one.
+    #[arg(long, requires = "tls")]
+    pub(crate) resume: bool,
     /// TLS: the server name to send and check (default: the --addr IP).
     #[arg(long, requires = "tls")]
     pub(crate) server_name: Option<String>,

@@ -174,6 +174,7 @@ fn drive<C: Codec>(
         seconds,
         conns_established: stats.created - c.dial,
         conns_failed: c.dial,
+        tls_resumed: 0,
         conns_closed_by_server: c.eof,
         requests_ok: ok,
         requests_failed: failed,

@@ -42,6 +42,8 @@ pub(crate) struct Report {
     pub(crate) seconds: f64,
     pub(crate) conns_established: u64,
     pub(crate) conns_failed: u64,
+    /// TLS handshakes that resumed a session (with --resume).
+    pub(crate) tls_resumed: u64,
     pub(crate) conns_closed_by_server: u64,
     pub(crate) requests_ok: u64,
     pub(crate) requests_failed: u64,
@@ -150,6 +152,8 @@ pub(crate) fn print_report(opts: &Opts, r: &Report) {
         r.conns_failed,
         if opts.mode == Mode::Idle {
             format!(", {} closed by the server", r.conns_closed_by_server)
+        } else if opts.tls {
+            format!(", {} TLS handshakes resumed", r.tls_resumed)
         } else {
             String::new()
         }
