@@ -10,7 +10,7 @@ mod common;
 use std::io::{BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::net::UnixStream;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -38,7 +38,8 @@ fn requests(metrics: SocketAddr) -> u64 {
 }
 
 struct Haproxy {
-    child: Child,
+    /// Killed when the test ends.
+    _child: Killed,
     stats: std::path::PathBuf,
 }
 
@@ -66,13 +67,6 @@ impl Haproxy {
             assert!(Instant::now() < end, "{server} never {want}: {st:?}");
             std::thread::sleep(Duration::from_millis(50));
         }
-    }
-}
-
-impl Drop for Haproxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -131,7 +125,7 @@ fn haproxy_with_send_proxy_v2_in_front_of_two_instances() {
     let cfg_path = dir.join("haproxy.cfg");
     std::fs::write(&cfg_path, &cfg).unwrap();
     let ha = Haproxy {
-        child: start_haproxy(&cfg_path),
+        _child: haproxy(&cfg_path),
         stats,
     };
     ha.wait_status("r1", "UP");
@@ -226,17 +220,6 @@ fn haproxy_with_send_proxy_v2_in_front_of_two_instances() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// HAProxy in the foreground with the configuration at `cfg`, quiet.
-fn start_haproxy(cfg: &std::path::Path) -> std::process::Child {
-    Command::new("haproxy")
-        .args(["-db", "-f"])
-        .arg(cfg)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start haproxy")
-}
-
 /// Whether something listens on 127.0.0.1:`port` (from /proc/net/tcp; no connection
 /// is made, so the proxy does not open one to its server).
 fn listening(port: u16) -> bool {
@@ -273,7 +256,7 @@ fn haproxy_tls_passthrough_with_send_proxy_v2() {
     );
     let cfg_path = dir.join("haproxy.cfg");
     std::fs::write(&cfg_path, cfg).unwrap();
-    let _ha = Killed(start_haproxy(&cfg_path));
+    let _ha = haproxy(&cfg_path);
     let end = Instant::now() + DEADLINE;
     while !listening(port) {
         assert!(Instant::now() < end, "haproxy never listened on {port}");

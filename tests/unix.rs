@@ -119,52 +119,57 @@ fn a_stale_socket_is_taken_over_and_a_live_one_or_another_file_refused() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// HAProxy in `mode` (http or tcp) on a free port of 127.0.0.1, passing every
+/// connection to the Unix socket `sock` with a PROXY v2 header; and the port.
+fn haproxy_to(dir: &Path, sock: &Path, mode: &str) -> (Killed, u16) {
+    assert!(
+        have("haproxy"),
+        "haproxy is missing (apt-get install haproxy)"
+    );
+    let port = free_port();
+    let cfg = format!(
+        "global\n    maxconn 100\n\
+         defaults\n    mode {mode}\n    timeout connect 5s\n    timeout client 30s\n    \
+         timeout server 30s\n\
+         frontend front\n    bind 127.0.0.1:{port}\n    default_backend reactor\n\
+         backend reactor\n    server s1 unix@{} send-proxy-v2\n",
+        sock.display()
+    );
+    let cfg_path = dir.join(format!("haproxy-{mode}.cfg"));
+    std::fs::write(&cfg_path, cfg).unwrap();
+    (haproxy(&cfg_path), port)
+}
+
+/// Waits (curl, again and again) until `url` through HAProxy on `port` answers.
+fn until_hello(port: u16, extra: &[&str], url: &str) {
+    let end = Instant::now() + DEADLINE;
+    loop {
+        let out = Command::new("curl")
+            .args(["-sS", "--max-time", "5"])
+            .args(extra)
+            .arg(url)
+            .output()
+            .unwrap();
+        if String::from_utf8_lossy(&out.stdout) == "Hello, World!" {
+            return;
+        }
+        assert!(Instant::now() < end, "nothing through haproxy on {port}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// HAProxy on the same host reaches reactor over a Unix socket (`server s1
 /// unix@PATH send-proxy-v2`): the PROXY header carries the client's address.
 #[test]
 fn haproxy_reaches_reactor_over_a_unix_socket_with_proxy_v2() {
-    if !have("haproxy") {
-        panic!("haproxy is missing (apt-get install haproxy)");
-    }
     let dir = folder("haproxy");
     let sock = dir.join("h.sock");
     let srv = start(&format!(
         "--addr unix:{} --proxy-protocol v2",
         sock.display()
     ));
-    let port = free_port();
-    let cfg = format!(
-        "global\n    maxconn 100\n\
-         defaults\n    mode http\n    timeout connect 5s\n    timeout client 30s\n    \
-         timeout server 30s\n\
-         frontend web\n    bind 127.0.0.1:{port}\n    default_backend reactor\n\
-         backend reactor\n    server s1 unix@{} send-proxy-v2\n",
-        sock.display()
-    );
-    let cfg_path = dir.join("haproxy.cfg");
-    std::fs::write(&cfg_path, cfg).unwrap();
-    let _ha = Killed(
-        Command::new("haproxy")
-            .args(["-db", "-f"])
-            .arg(&cfg_path)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("start haproxy"),
-    );
-    let end = Instant::now() + DEADLINE;
-    let url = format!("http://127.0.0.1:{port}/");
-    loop {
-        let out = Command::new("curl")
-            .args(["-s", "--max-time", "5", &url])
-            .output()
-            .unwrap();
-        if String::from_utf8_lossy(&out.stdout) == "Hello, World!" {
-            break;
-        }
-        assert!(Instant::now() < end, "nothing through haproxy on {port}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let (_ha, port) = haproxy_to(&dir, &sock, "http");
+    until_hello(port, &[], &format!("http://127.0.0.1:{port}/"));
     for _ in 0..3 {
         let (status, body) = http_get(format!("127.0.0.1:{port}").parse().unwrap(), "/");
         assert_eq!((status, body.as_str()), (200, "Hello, World!"));
@@ -215,5 +220,30 @@ fn a_unix_socket_is_handed_over_and_its_file_stays() {
     }
     let (status, _) = new.stop();
     assert_eq!(status.code(), Some(0));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// TLS through HAProxy to a Unix socket: HAProxy passes the TLS stream through (`mode
+/// tcp`) with a PROXY v2 header on each connection to `unix@PATH`; reactor reads the
+/// header, then terminates TLS.
+#[test]
+fn haproxy_passes_tls_to_a_unix_socket_with_proxy_v2() {
+    let dir = folder("haproxy-tls");
+    let sock = dir.join("t.sock");
+    let certs = TestCerts::make("unix-haproxy-tls");
+    let srv = start(&format!(
+        "--addr unix:{} --proxy-protocol v2 {}",
+        sock.display(),
+        certs.args()
+    ));
+    let (_ha, port) = haproxy_to(&dir, &sock, "tcp");
+    let ca = certs.ca.display().to_string();
+    let resolve = format!("localhost:{port}:127.0.0.1");
+    let url = format!("https://localhost:{port}/");
+    until_hello(port, &["--cacert", &ca, "--resolve", &resolve], &url);
+    let c = wait_stats(&srv, |c| {
+        c.requests >= 1 && c.proxy_headers >= 1 && c.tls_handshakes >= 1
+    });
+    assert_eq!(c.tls_handshake_failures(), 0, "{c}");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -382,6 +382,20 @@ pub fn free_port() -> u16 {
 /// A child process killed (and reaped) when dropped.
 pub struct Killed(pub Child);
 
+/// HAProxy in the foreground with the configuration at `cfg`, quiet; killed on drop.
+#[allow(dead_code)]
+pub fn haproxy(cfg: &std::path::Path) -> Killed {
+    Killed(
+        Command::new("haproxy")
+            .args(["-db", "-f"])
+            .arg(cfg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start haproxy (apt-get install haproxy)"),
+    )
+}
+
 impl Drop for Killed {
     fn drop(&mut self) {
         let _ = self.0.kill();
