@@ -228,6 +228,22 @@ pub struct Config {
     #[cfg_attr(feature = "cli", arg(long, default_value_t = 60))]
     pub keepalive_secs: u64,
 
+    /// TCP keep-alive: seconds between probes once they start.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 10))]
+    pub keepalive_interval: u64,
+
+    /// TCP keep-alive: unanswered probes before the peer is given up. With the
+    /// defaults (60 s of silence, then 6 probes 10 s apart) a vanished peer is noticed
+    /// within 2 minutes, even on a connection with the idle timeout off.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 6))]
+    pub keepalive_count: u32,
+
+    /// TCP_USER_TIMEOUT: how long sent data may stay unacknowledged before the kernel
+    /// gives the peer up (a peer that vanished with an answer pending); by default the
+    /// write timeout's (0 = the kernel's own, about 15 minutes of retransmissions).
+    #[cfg_attr(feature = "cli", arg(long, value_parser = parse_duration))]
+    pub tcp_user_timeout: Option<Duration>,
+
     /// Close a connection with no request in progress after this long ("60", "60s",
     /// "500ms"; 0 = never).
     #[cfg_attr(feature = "cli", arg(long, default_value = "60s", value_parser = parse_duration))]
@@ -434,6 +450,9 @@ impl Default for Config {
             socket_activation: false,
             backlog: 4096,
             keepalive_secs: 60,
+            keepalive_interval: 10,
+            keepalive_count: 6,
+            tcp_user_timeout: None,
             idle_timeout: Duration::from_secs(60),
             read_timeout: Duration::from_secs(30),
             write_timeout: Duration::from_secs(30),
@@ -508,6 +527,12 @@ setters! {
     backlog: i32,
     /// Sets [`Config::keepalive_secs`].
     keepalive_secs: u64,
+    /// Sets [`Config::keepalive_interval`].
+    keepalive_interval: u64,
+    /// Sets [`Config::keepalive_count`].
+    keepalive_count: u32,
+    /// Sets [`Config::tcp_user_timeout`].
+    tcp_user_timeout: Option<Duration>,
     /// Sets [`Config::idle_timeout`].
     idle_timeout: Duration,
     /// Sets [`Config::read_timeout`].

@@ -139,6 +139,9 @@ pub enum Closed {
     Normal,
     /// A socket error (a reset, say).
     Error,
+    /// The peer vanished: TCP keep-alive probes, or the user timeout on unacknowledged
+    /// data, found no one there.
+    PeerGone,
     IdleTimeout,
     ReadTimeout,
     WriteTimeout,
@@ -155,6 +158,7 @@ impl fmt::Display for Closed {
         f.write_str(match self {
             Closed::Normal => "normal",
             Closed::Error => "socket error",
+            Closed::PeerGone => "peer gone",
             Closed::IdleTimeout => "idle timeout",
             Closed::ReadTimeout => "read timeout",
             Closed::WriteTimeout => "write timeout",

@@ -195,15 +195,30 @@ pub fn claim(addr: SocketAddr) -> io::Result<SocketAddr> {
         .ok_or_else(|| io::Error::other("the probe socket has no address"))
 }
 
-/// Options for an accepted socket: no Nagle delay, and keep-alive probes after
-/// `keepalive` of silence so that dead peers are eventually noticed.
-pub fn configure_accepted(stream: &TcpStream, keepalive: Option<Duration>) -> io::Result<()> {
+/// How accepted sockets notice a peer that vanished (no FIN, no RST ever comes).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct DeadPeer {
+    /// Keep-alive: silence before the first probe, time between probes, probes.
+    pub keepalive: Option<(Duration, Duration, u32)>,
+    /// TCP_USER_TIMEOUT: most time sent data may stay unacknowledged.
+    pub user_timeout: Option<Duration>,
+}
+
+/// Options for an accepted socket: no Nagle delay, and the dead-peer detection.
+pub(crate) fn configure_accepted(stream: &TcpStream, dead: DeadPeer) -> io::Result<()> {
     stream.set_nodelay(true)?;
-    if let Some(idle) = keepalive {
+    let sock = SockRef::from(stream);
+    if let Some((idle, interval, count)) = dead.keepalive {
         let ka = TcpKeepalive::new().with_time(idle);
         #[cfg(any(target_os = "linux", target_os = "macos", target_os = "freebsd"))]
-        let ka = ka.with_interval(Duration::from_secs(10)).with_retries(6);
-        SockRef::from(stream).set_tcp_keepalive(&ka)?;
+        let ka = ka.with_interval(interval).with_retries(count);
+        #[cfg(not(any(target_os = "linux", target_os = "macos", target_os = "freebsd")))]
+        let _ = (interval, count);
+        sock.set_tcp_keepalive(&ka)?;
+    }
+    #[cfg(target_os = "linux")]
+    if let Some(t) = dead.user_timeout {
+        sock.set_tcp_user_timeout(Some(t))?;
     }
     Ok(())
 }
@@ -277,11 +292,23 @@ mod tests {
                 Err(e) => panic!("{e}"),
             }
         };
-        configure_accepted(&s, Some(Duration::from_secs(42))).unwrap();
+        let dead = DeadPeer {
+            keepalive: Some((Duration::from_secs(42), Duration::from_secs(7), 4)),
+            user_timeout: Some(Duration::from_millis(9500)),
+        };
+        configure_accepted(&s, dead).unwrap();
         let r = SockRef::from(&s);
         assert!(r.tcp_nodelay().unwrap());
         assert!(r.keepalive().unwrap());
         #[cfg(target_os = "linux")]
-        assert_eq!(r.tcp_keepalive_time().unwrap(), Duration::from_secs(42));
+        {
+            assert_eq!(r.tcp_keepalive_time().unwrap(), Duration::from_secs(42));
+            assert_eq!(r.tcp_keepalive_interval().unwrap(), Duration::from_secs(7));
+            assert_eq!(r.tcp_keepalive_retries().unwrap(), 4);
+            assert_eq!(
+                r.tcp_user_timeout().unwrap(),
+                Some(Duration::from_millis(9500))
+            );
+        }
     }
 }

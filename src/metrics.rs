@@ -149,6 +149,8 @@ impl Collector for Sources {
                 + t.idle_timeouts
                 + t.read_timeouts
                 + t.write_timeouts
+                + t.keepalive_timeouts
+                + t.user_timeouts
                 + t.cut_at_shutdown
                 + t.decode_panics;
             for (reason, v) in [
@@ -157,6 +159,8 @@ impl Collector for Sources {
                 ("idle_timeout", t.idle_timeouts),
                 ("read_timeout", t.read_timeouts),
                 ("write_timeout", t.write_timeouts),
+                ("keepalive", t.keepalive_timeouts),
+                ("user_timeout", t.user_timeouts),
                 ("cut_at_shutdown", t.cut_at_shutdown),
                 ("decoder_panic", t.decode_panics),
             ] {

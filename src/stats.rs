@@ -54,6 +54,12 @@ pub struct Counters {
     /// Connections closed because they sent more than `max_input` bytes their
     /// protocol did not consume (one request larger than any it accepts).
     pub input_overflows: u64,
+    /// Connections closed because the peer vanished while idle: TCP keep-alive probes
+    /// went unanswered.
+    pub keepalive_timeouts: u64,
+    /// Connections closed because the peer vanished with data pending: it stayed
+    /// unacknowledged past TCP_USER_TIMEOUT.
+    pub user_timeouts: u64,
     /// Connections the protocol's `open` hook refused.
     pub refused_by_protocol: u64,
     /// Pushes placed on their connection's output.
@@ -150,6 +156,8 @@ impl AddAssign for Counters {
         self.decode_panics += o.decode_panics;
         self.input_overflows += o.input_overflows;
         self.refused_by_protocol += o.refused_by_protocol;
+        self.keepalive_timeouts += o.keepalive_timeouts;
+        self.user_timeouts += o.user_timeouts;
         self.pushes += o.pushes;
         self.pushes_refused += o.pushes_refused;
         self.bad_requests += o.bad_requests;
@@ -196,7 +204,8 @@ impl fmt::Display for Counters {
         write!(
             f,
             "open={} accepted={} rejected={} closed={} requests={} bad_requests={} \
-             idle_timeouts={} read_timeouts={} write_timeouts={} io_errors={} \
+             idle_timeouts={} read_timeouts={} write_timeouts={} keepalive_timeouts={} \
+             user_timeouts={} io_errors={} \
              accept_fd_errors={} bytes_in={} bytes_out={} buffers_lent={} cut_at_shutdown={} \
              rejected_per_ip={} decode_panics={} input_overflows={}",
             self.open,
@@ -208,6 +217,8 @@ impl fmt::Display for Counters {
             self.idle_timeouts,
             self.read_timeouts,
             self.write_timeouts,
+            self.keepalive_timeouts,
+            self.user_timeouts,
             self.io_errors,
             self.accept_fd_errors,
             self.bytes_in,

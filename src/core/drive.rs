@@ -19,7 +19,6 @@ use std::cell::Cell;
 use std::net::SocketAddr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 
@@ -68,7 +67,7 @@ pub(crate) struct Settings {
     pub max_input: usize,
     pub delay_ms: u64,
     pub max_conns: usize,
-    pub keepalive: Option<Duration>,
+    pub dead_peer: crate::listener::DeadPeer,
     pub drain_ms: u64,
     pub pool_buffers: usize,
     /// Jobs in flight per connection before it is read no more.
@@ -101,6 +100,20 @@ pub(crate) enum Close {
     Decoder,
     /// The protocol's `open` hook refused it.
     Refused,
+    /// The kernel gave the peer up (ETIMEDOUT): keep-alive probes unanswered, or data
+    /// unacknowledged past TCP_USER_TIMEOUT. Counted as `keepalive` or `user_timeout`
+    /// by whether output was pending.
+    PeerGone,
+}
+
+/// The close a failed socket call means: a dead peer (the kernel's keep-alive or user
+/// timeout gave up on it), or another socket error.
+pub(super) fn io_close(e: &std::io::Error) -> Close {
+    if e.kind() == std::io::ErrorKind::TimedOut {
+        Close::PeerGone
+    } else {
+        Close::Error
+    }
 }
 
 impl Close {
@@ -109,6 +122,7 @@ impl Close {
         match self {
             Close::Normal | Close::Refused => Closed::Normal,
             Close::Error | Close::Proxy(_) | Close::Tls(_) => Closed::Error,
+            Close::PeerGone => Closed::PeerGone,
             Close::IdleTimeout => Closed::IdleTimeout,
             Close::ReadTimeout => Closed::ReadTimeout,
             Close::WriteTimeout => Closed::WriteTimeout,
@@ -293,7 +307,7 @@ impl<H: Handler> ConnIo<H> {
                         break;
                     }
                     Err(e) if interrupted(&e) => continue,
-                    Err(_) => return Err(Close::Error),
+                    Err(e) => return Err(io_close(&e)),
                 },
                 Some(_) => match self.tls_read(sock, conn)? {
                     Some(got) => got,
@@ -817,7 +831,7 @@ impl<H: Handler> ConnIo<H> {
                         }
                         Err(e) if would_block(&e) => break,
                         Err(e) if interrupted(&e) => {}
-                        Err(_) => return Err(Close::Error),
+                        Err(e) => return Err(io_close(&e)),
                     }
                 }
                 if out.is_empty() {
@@ -890,6 +904,9 @@ impl<H: Handler> ConnIo<H> {
             self.wheel.cancel(t);
         }
         self.retire(&mut conn, key, why);
+        // Output the peer never took: a dead peer found by the user timeout, not by
+        // keep-alive (which probes only an idle connection).
+        let pending = conn.output().is_some();
         if let Some(mut tls) = conn.busy.as_mut().and_then(|b| b.tls.take()) {
             self.close_tls(sock, &conn, &mut tls, why);
         }
@@ -912,6 +929,8 @@ impl<H: Handler> ConnIo<H> {
         match why {
             Close::Normal => {}
             Close::Error => s.io_errors += 1,
+            Close::PeerGone if pending => s.user_timeouts += 1,
+            Close::PeerGone => s.keepalive_timeouts += 1,
             Close::IdleTimeout => s.idle_timeouts += 1,
             Close::ReadTimeout => s.read_timeouts += 1,
             Close::WriteTimeout => s.write_timeouts += 1,

@@ -66,7 +66,7 @@ impl<H: Handler> ConnIo<H> {
                         return if would_block(&e) {
                             Ok(None)
                         } else {
-                            Err(Close::Error)
+                            Err(super::drive::io_close(&e))
                         };
                     }
                 }

@@ -23,7 +23,7 @@ use mio::{Events, Interest, Poll, Registry, Token};
 
 use super::accept::{Acceptor, LISTENER};
 use crate::core::{Core, Socket, Sockets};
-use crate::listener::{Accepted, Listener, configure_accepted};
+use crate::listener::{Accepted, DeadPeer, Listener, configure_accepted};
 
 pub(crate) const WAKER: Token = Token(usize::MAX);
 
@@ -36,7 +36,7 @@ pub(crate) struct Driver<C: Core> {
     acceptor: Acceptor,
     table: Table,
     core: C,
-    keepalive: Option<Duration>,
+    dead_peer: DeadPeer,
     epoch: Instant,
     now: u64,
 }
@@ -111,7 +111,7 @@ impl<C: Core> Driver<C> {
         poll: Poll,
         listener: Listener,
         core: C,
-        keepalive: Option<Duration>,
+        dead_peer: DeadPeer,
     ) -> io::Result<Self> {
         let acceptor = Acceptor::new(id, poll.registry(), listener)?;
         let reg = poll.registry().try_clone()?;
@@ -120,7 +120,7 @@ impl<C: Core> Driver<C> {
             acceptor,
             table: Table { reg },
             core,
-            keepalive,
+            dead_peer,
             epoch: Instant::now(),
             now: 0,
         })
@@ -183,7 +183,7 @@ impl<C: Core> Driver<C> {
     }
 
     fn accept(&mut self) {
-        let (core, table, keepalive) = (&mut self.core, &mut self.table, self.keepalive);
+        let (core, table, dead_peer) = (&mut self.core, &mut self.table, self.dead_peer);
         let open = core.open_count();
         self.acceptor.accept(self.now, open, |sock, peer| {
             let fd = match &sock {
@@ -195,7 +195,7 @@ impl<C: Core> Driver<C> {
             };
             let registered = match sock {
                 Accepted::Tcp(mut s) => {
-                    if let Err(e) = configure_accepted(&s, keepalive) {
+                    if let Err(e) = configure_accepted(&s, dead_peer) {
                         debug!("socket options on an accepted connection: {e}");
                     }
                     let r = table.reg.register(&mut s, Token(key), Interest::READABLE);

@@ -147,7 +147,19 @@ pub(super) fn compose<H: Handler>(
         max_input: cfg.max_input.max(1),
         delay_ms: cfg.delay_ms,
         max_conns: max_conns.div_ceil(threads),
-        keepalive: (cfg.keepalive_secs > 0).then(|| Duration::from_secs(cfg.keepalive_secs)),
+        dead_peer: crate::listener::DeadPeer {
+            keepalive: (cfg.keepalive_secs > 0).then(|| {
+                (
+                    Duration::from_secs(cfg.keepalive_secs),
+                    Duration::from_secs(cfg.keepalive_interval.max(1)),
+                    cfg.keepalive_count.max(1),
+                )
+            }),
+            user_timeout: match cfg.tcp_user_timeout {
+                Some(t) => (!t.is_zero()).then_some(t),
+                None => (!cfg.write_timeout.is_zero()).then_some(cfg.write_timeout),
+            },
+        },
         drain_ms: cfg.drain_timeout.as_millis() as u64,
         pool_buffers: cfg.pool_buffers,
         max_inflight: cfg.max_inflight.max(1),
@@ -289,7 +301,7 @@ pub(super) fn compose<H: Handler>(
             pool.clone().map(|p| (p, waker.clone())),
             Some((pusher.clone(), inbox)),
         );
-        let shard = Driver::new(id, poll, listener, core, set.keepalive)?;
+        let shard = Driver::new(id, poll, listener, core, set.dead_peer)?;
         shards.push((id, shard, waker));
     }
     for (id, shard, waker) in shards {

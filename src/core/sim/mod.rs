@@ -246,7 +246,7 @@ fn settings(sc: &Scenario) -> Settings {
         max_input: usize::MAX,
         delay_ms: sc.delay_ms,
         max_conns: 1000,
-        keepalive: None,
+        dead_peer: Default::default(),
         drain_ms: 10_000,
         pool_buffers: 64,
         max_inflight: 4,
