@@ -24,6 +24,8 @@ pub struct BufferPool {
     max_free: usize,
     lent: usize,
     allocated: u64,
+    /// Bytes of buffers freed (not kept) since the last [`take_freed`](Self::take_freed).
+    freed: usize,
 }
 
 impl BufferPool {
@@ -34,6 +36,7 @@ impl BufferPool {
             max_free,
             lent: 0,
             allocated: 0,
+            freed: 0,
         }
     }
 
@@ -54,6 +57,7 @@ impl BufferPool {
         self.lent = self.lent.saturating_sub(1);
         buf.clear();
         if self.free.len() >= self.max_free {
+            self.freed += buf.capacity();
             return;
         }
         // After `advance` the front of the allocation is out of reach; on an empty,
@@ -61,7 +65,14 @@ impl BufferPool {
         buf.reserve(BUF_SIZE);
         if buf.capacity() <= KEEP_MAX {
             self.free.push(buf);
+        } else {
+            self.freed += buf.capacity();
         }
+    }
+
+    /// Bytes of buffers freed since the last call.
+    pub fn take_freed(&mut self) -> usize {
+        std::mem::take(&mut self.freed)
     }
 
     /// Buffers currently borrowed.

@@ -63,6 +63,10 @@ use crate::stats::Counters;
 use crate::timer::TimerWheel;
 use crate::workers::Pool;
 
+/// Buffer memory freed that makes a shard ask the allocator to give memory back.
+const TRIM_AFTER_BYTES: usize = 4 << 20;
+/// At most how often a shard asks, in ms.
+const TRIM_EVERY_MS: u64 = 1000;
 /// At most how often counters are copied out for the server, in ms.
 const PUBLISH_MS: u64 = 100;
 /// Wheel: 10 ms ticks, 4096 slots (a 41 s rotation).
@@ -159,6 +163,11 @@ pub(crate) struct Shard<H: Handler> {
     inbox: Option<Arc<PushBox>>,
     pushes: Vec<Push>,
     pfired: Vec<(u32, u32)>,
+    /// Memory freed since the allocator was last asked to give it back, and when it
+    /// may be asked next.
+    freed: usize,
+    trim_at: Option<u64>,
+    last_trim: u64,
     /// Tests only: every close and its reason, for the simulation to judge.
     #[cfg(test)]
     closes: Vec<(usize, Close)>,
@@ -208,6 +217,9 @@ impl<H: Handler> Shard<H> {
             inbox,
             pushes: Vec::new(),
             pfired: Vec::new(),
+            freed: 0,
+            trim_at: None,
+            last_trim: 0,
             #[cfg(test)]
             closes: Vec::new(),
         }
@@ -399,6 +411,24 @@ impl<H: Handler> Shard<H> {
             }
         }
         self.pfired = fired;
+    }
+
+    /// After a burst freed a lot of buffers, asks the allocator to return the memory to
+    /// the system (glibc keeps freed memory otherwise: a crowd of slow readers would
+    /// pin its peak RSS for ever). At most once a second per shard, a second after the
+    /// freeing began, so a busy shard that frees and allocates all the time does not
+    /// pay for a trim per turn.
+    fn give_back(&mut self) {
+        self.freed += self.io.pool.take_freed();
+        if self.freed >= TRIM_AFTER_BYTES && self.trim_at.is_none() {
+            self.trim_at = Some(self.io.now.max(self.last_trim + TRIM_EVERY_MS));
+        }
+        if self.trim_at.is_some_and(|at| self.io.now >= at) {
+            self.trim_at = None;
+            self.freed = 0;
+            self.last_trim = self.io.now;
+            crate::shared::trim_allocator();
+        }
     }
 
     fn keys(&self) -> Vec<usize> {
@@ -603,6 +633,7 @@ impl<H: Handler> Core for Shard<H> {
             off.submit();
         }
         self.check_drain(sockets);
+        self.give_back();
         self.publish(false);
     }
 
@@ -621,6 +652,7 @@ impl<H: Handler> Core for Shard<H> {
             self.drain_deadline,
             self.grace_sweep_at,
             self.io.ptimers.next_deadline(),
+            self.trim_at,
         ] {
             at = match (at, t) {
                 (Some(a), Some(b)) => Some(a.min(b)),
