@@ -14,7 +14,7 @@ use common::*;
 #[test]
 fn memory_taken_by_a_crowd_of_non_readers_is_given_back() {
     raise_fd_limit();
-    let mut srv = Server::start("--protocol echo --threads 1 --stats-interval 1s");
+    let srv = Server::start("--protocol echo --threads 1 --stats-interval 1s");
     let start = srv.rss_kib();
     const CONNS: usize = 2000;
     let chunk = vec![b'x'; 64 * 1024];
