@@ -204,10 +204,27 @@ pub(crate) struct DeadPeer {
     pub user_timeout: Option<Duration>,
 }
 
-/// Options for an accepted socket: no Nagle delay, and the dead-peer detection.
+/// Options for accepted sockets, set once on the listener: on Linux an accepted
+/// socket inherits them (TCP_NODELAY, the keep-alive settings, TCP_USER_TIMEOUT), which
+/// saves six system calls per connection. Elsewhere [`configure_accepted`] sets them
+/// on each.
+pub(crate) fn configure_listener(listener: &TcpListener, dead: DeadPeer) -> io::Result<()> {
+    configure(SockRef::from(listener), dead)
+}
+
+/// Options for an accepted socket, where it does not inherit them from its listener
+/// (on Linux it does: nothing to do, no system call).
+#[inline]
 pub(crate) fn configure_accepted(stream: &TcpStream, dead: DeadPeer) -> io::Result<()> {
-    stream.set_nodelay(true)?;
-    let sock = SockRef::from(stream);
+    if cfg!(target_os = "linux") {
+        return Ok(());
+    }
+    configure(SockRef::from(stream), dead)
+}
+
+/// No Nagle delay, and the dead-peer detection.
+fn configure(sock: SockRef<'_>, dead: DeadPeer) -> io::Result<()> {
+    sock.set_tcp_nodelay(true)?;
     if let Some((idle, interval, count)) = dead.keepalive {
         let ka = TcpKeepalive::new().with_time(idle);
         #[cfg(any(target_os = "linux", target_os = "macos", target_os = "freebsd"))]
@@ -279,6 +296,39 @@ mod tests {
         assert_ne!(picked.port(), 0);
     }
 
+    /// What the listener is given, an accepted socket has (read back with getsockopt):
+    /// no call per connection needed.
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn accepted_sockets_inherit_the_listeners_options() {
+        let l = bind("127.0.0.1:0".parse().unwrap(), 16).unwrap();
+        let dead = DeadPeer {
+            keepalive: Some((Duration::from_secs(42), Duration::from_secs(7), 4)),
+            user_timeout: Some(Duration::from_millis(9500)),
+        };
+        configure_listener(&l, dead).unwrap();
+        let _c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let s = loop {
+            match l.accept() {
+                Ok((s, _)) => break s,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(5))
+                }
+                Err(e) => panic!("{e}"),
+            }
+        };
+        let r = SockRef::from(&s);
+        assert!(r.tcp_nodelay().unwrap());
+        assert!(r.keepalive().unwrap());
+        assert_eq!(r.tcp_keepalive_time().unwrap(), Duration::from_secs(42));
+        assert_eq!(r.tcp_keepalive_interval().unwrap(), Duration::from_secs(7));
+        assert_eq!(r.tcp_keepalive_retries().unwrap(), 4);
+        assert_eq!(
+            r.tcp_user_timeout().unwrap(),
+            Some(Duration::from_millis(9500))
+        );
+    }
+
     #[test]
     fn accepted_sockets_get_nodelay_and_keepalive() {
         let l = bind("127.0.0.1:0".parse().unwrap(), 16).unwrap();
@@ -296,7 +346,7 @@ mod tests {
             keepalive: Some((Duration::from_secs(42), Duration::from_secs(7), 4)),
             user_timeout: Some(Duration::from_millis(9500)),
         };
-        configure_accepted(&s, dead).unwrap();
+        configure(SockRef::from(&s), dead).unwrap();
         let r = SockRef::from(&s);
         assert!(r.tcp_nodelay().unwrap());
         assert!(r.keepalive().unwrap());

@@ -220,6 +220,13 @@ pub(super) fn compose<H: Handler>(
             }
         }
     }
+    // Accepted sockets inherit these from their listener (on Linux; see
+    // `configure_listener`), handed over or inherited ones included.
+    for l in &listeners {
+        if let Listener::Tcp(t) = l {
+            crate::listener::configure_listener(t, set.dead_peer)?;
+        }
+    }
     let listen = listeners[0].listen_addr()?;
     // Kept to hand the listeners over to a successor (--handover), and only then:
     // a copy keeps the listening socket open, so it is dropped when the drain starts.
