@@ -235,3 +235,46 @@ fn malformed_requests_get_their_status_while_another_connection_is_served() {
     assert!(status.success());
     assert_eq!(stats["bad_requests"], 7);
 }
+
+/// A clean end (one request that asked to close, answered, nothing after it) is closed
+/// at once: no shutdown, no lingering read waiting for the client's FIN, so the
+/// server's socket is already released (inode 0, the kernel finishing alone) when the
+/// client reads the end of the answer, while the client still holds its end. An error
+/// answer keeps the linger (the client may still be sending its body), as does a
+/// pipelining client.
+#[test]
+fn a_clean_end_closes_at_once_and_an_error_lingers() {
+    let srv = in_process("--protocol http");
+    let server_side = |client: &std::net::TcpStream| {
+        let me = client.local_addr().unwrap().port();
+        tcp_table()
+            .into_iter()
+            .find(|r| r.local_port == srv.local_addr().port() && r.remote_port == me)
+    };
+    for (request, lingers) in [
+        (&b"GET / HTTP/1.0\r\n\r\n"[..], false),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", false),
+        // A body over the limit: 413, and the client may still be sending it.
+        (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 99999999\r\n\r\nabc", true),
+        // Pipelined: the first answer is still owed when the close is read.
+        (
+            b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+            true,
+        ),
+    ] {
+        let mut c = connect(srv.local_addr());
+        send(&mut c, request);
+        let (got, _) = read_to_close(&mut c);
+        assert!(got.starts_with(b"HTTP/1."), "{:?}", String::from_utf8_lossy(&got));
+        // The client has read the server's FIN and still holds its socket.
+        let row = server_side(&c).expect("the server's side of the connection");
+        assert_eq!(
+            row.inode != 0,
+            lingers,
+            "{:?}: the server {} its socket",
+            String::from_utf8_lossy(request),
+            if lingers { "should hold" } else { "still holds" }
+        );
+        drop(c);
+    }
+}

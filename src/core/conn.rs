@@ -53,6 +53,12 @@ pub enum Stage {
     /// Our side is shut down; reading and discarding until the peer closes (lingering
     /// close, so that an error answer is not destroyed by a reset).
     Lingering,
+    /// Reads no more; closes as soon as every owed answer is out, without lingering:
+    /// the close ends a complete exchange the peer itself asked to end (one request,
+    /// whole, answered without an error, no byte after it, no answer owed before it,
+    /// not a drain): a peer that waits for its answer, so no byte of its can arrive to
+    /// turn the close into a reset.
+    Ending,
 }
 
 /// How long a lingering close waits for the peer, in ms.

@@ -161,7 +161,7 @@ impl<H: Handler> ConnIo<H> {
             .record_latency(self.now.saturating_sub(slot.since), 1);
         let mut cx = Cx::new(&self.clock);
         // The connection closes after this answer: a failure answer must say so.
-        cx.draining = conn.stage == Stage::Closing && jobs.is_last(&slot);
+        cx.draining = matches!(conn.stage, Stage::Closing | Stage::Ending) && jobs.is_last(&slot);
         let encode = |out: &mut BytesMut| match c.result {
             Ok(answer) => self.handler.encode(answer, out, &cx),
             Err(()) => {
@@ -192,7 +192,7 @@ impl<H: Handler> ConnIo<H> {
     /// The handler timeout: jobs in flight longer than it are answered with a failure
     /// now, and their late results will be dropped.
     pub fn expire_jobs(&mut self, conn: &mut Conn<H::State>) {
-        let closing = conn.stage == Stage::Closing;
+        let closing = matches!(conn.stage, Stage::Closing | Stage::Ending);
         let Some(busy) = conn.busy.as_deref_mut() else {
             return;
         };

@@ -349,6 +349,15 @@ impl<H: Handler> ConnIo<H> {
             self.open_conn(conn, key, None)?;
         }
         self.flush(sock, conn)?;
+        if matches!(conn.stage, Stage::Closing | Stage::Ending)
+            && conn.output().is_none()
+            && conn.jobs().is_none()
+            && (conn.stage == Stage::Ending || conn.has(PEER_EOF))
+        {
+            // Nothing can arrive that a close would reset: close now (a TLS
+            // close_notify first), no shutdown and no lingering read.
+            return Err(Close::Normal);
+        }
         if conn.stage == Stage::Closing && conn.output().is_none() && conn.jobs().is_none() {
             // Half-close and read until the peer closes, so that unread request bytes
             // do not turn our close into a reset that destroys the answer in flight.
@@ -624,6 +633,8 @@ impl<H: Handler> ConnIo<H> {
             timer: Cell::new(None),
         };
         let was_in_request = conn.has(IN_REQUEST);
+        // Answers still owed from before this read: a pipelining peer.
+        let caught_up = conn.output().is_none() && conn.jobs().is_none();
         // Answers go to the shard's output scratch and straight to the socket, unless
         // output is already waiting (they queue behind it), they are to be held, or
         // TLS must encrypt them first.
@@ -690,6 +701,12 @@ impl<H: Handler> ConnIo<H> {
         if let Some(after) = cx.timer.get() {
             self.set_ptimer(key, after);
         }
+        // Bytes the decoder left: kept in the input buffer, or (decoded from the
+        // scratch buffer, closing) about to be dropped.
+        let left = match conn.input() {
+            Some(b) => b.len(),
+            None => n.saturating_sub(d.consumed),
+        };
         let jobs = self.calls.len() as u64;
         if H::POOLED && self.offload.is_some() {
             self.hand_over(conn, key, &mut out, out_start, reserved);
@@ -729,7 +746,13 @@ impl<H: Handler> ConnIo<H> {
             d.next == Next::Yield && conn.input().is_some(),
         );
         if d.next == Next::Close {
-            conn.stage = Stage::Closing;
+            // A clean end (see `Stage::Ending`) closes at once: one request, answered
+            // without an error, nothing after it, nothing owed before it. An error
+            // answer, a drain, bytes left unread, or a pipelining peer (which may send
+            // more before it reads the close) linger, so the answers are not reset away.
+            let clean =
+                d.errors == 0 && left == 0 && !self.draining && d.requests == 1 && caught_up;
+            conn.stage = if clean { Stage::Ending } else { Stage::Closing };
         }
         let held = conn.input().map_or(0, |b| b.len());
         if held > self.set.max_input && conn.stage == Stage::Serving {

@@ -533,6 +533,9 @@ pub struct TcpRow {
     pub state: u8,
     /// Bytes in its send queue.
     pub tx_queue: u64,
+    /// The socket's inode: 0 once no process holds it (closed, the kernel finishing
+    /// the connection alone).
+    pub inode: u64,
 }
 
 pub const TCP_FIN_WAIT1: u8 = 4;
@@ -551,7 +554,7 @@ pub fn tcp_table() -> Vec<TcpRow> {
         .skip(1)
         .filter_map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
-            if f.len() < 5 {
+            if f.len() < 10 {
                 return None;
             }
             Some(TcpRow {
@@ -563,6 +566,7 @@ pub fn tcp_table() -> Vec<TcpRow> {
                     .split(':')
                     .next()
                     .and_then(|q| u64::from_str_radix(q, 16).ok())?,
+                inode: f[9].parse().ok()?,
             })
         })
         .collect()
