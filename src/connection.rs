@@ -147,8 +147,6 @@ pub enum Closed {
     WriteTimeout,
     /// Cut at the end of a drain, or because the loop failed.
     Cut,
-    /// More unconsumed input than [`Config::max_input`](crate::Config::max_input).
-    InputOverflow,
     /// The protocol's decoder or a hook panicked.
     Panicked,
 }
@@ -163,7 +161,6 @@ impl fmt::Display for Closed {
             Closed::ReadTimeout => "read timeout",
             Closed::WriteTimeout => "write timeout",
             Closed::Cut => "cut",
-            Closed::InputOverflow => "input overflow",
             Closed::Panicked => "protocol panicked",
         })
     }

@@ -91,6 +91,19 @@ pub(crate) struct UnixOptions {
     pub owner: Option<(Option<u32>, Option<u32>)>,
 }
 
+/// Connects to the Unix socket at `path` without waiting: `Ok` when something listens
+/// (connected, or its queue full), `ConnectionRefused` when nobody does.
+fn probe_unix(path: &Path) -> io::Result<()> {
+    let s = Socket::new(Domain::UNIX, Type::STREAM, None)?;
+    s.set_nonblocking(true)?;
+    match s.connect(&SockAddr::unix(path)?) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 /// A listening Unix socket at `path`. A file already there is taken over only if it is
 /// a socket nobody listens on (left by a crash); a live server's socket, or a file of
 /// another kind, is refused.
@@ -106,8 +119,10 @@ pub(crate) fn bind_unix(
                 format!("{} exists and is not a socket: not touched", path.display()),
             ));
         }
-        Ok(_) => match std::os::unix::net::UnixStream::connect(path) {
-            Ok(_) => {
+        Ok(_) => match probe_unix(path) {
+            // Connected, or a full accept queue (a live server, stopped or busy): in
+            // use either way. A blocking connect would wait on the full queue.
+            Ok(()) => {
                 return Err(io::Error::new(
                     io::ErrorKind::AddrInUse,
                     format!(

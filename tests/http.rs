@@ -278,3 +278,35 @@ fn a_clean_end_closes_at_once_and_an_error_lingers() {
         drop(c);
     }
 }
+
+/// A clean end whose answer is still going out when the peer sends a byte more (an old
+/// client's extra CRLF after its request, RFC 9112 section 2.2): the server looks
+/// before it closes, finds the byte, and lingers, so the answer is not destroyed by a
+/// reset. (It closed with the byte unread, and the client lost the end of its answer.)
+#[test]
+fn bytes_sent_during_a_long_answer_turn_a_clean_end_into_a_linger() {
+    use reactor::http::{App, Response};
+    const BODY: usize = 4 << 20;
+    let cfg = reactor::Config::default()
+        .addr("127.0.0.1:0".parse().unwrap())
+        .threads(1)
+        .stats_interval(std::time::Duration::ZERO);
+    let app = App::new(|_| Response::new(200).body(vec![b'x'; BODY]));
+    let srv = reactor::Server::start_with(&cfg, app).unwrap();
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(8192).unwrap();
+    sock.connect(&srv.local_addr().into()).unwrap();
+    let mut c: std::net::TcpStream = sock.into();
+    c.set_read_timeout(Some(DEADLINE)).unwrap();
+    send(&mut c, b"GET / HTTP/1.0\r\n\r\n");
+    // The answer has begun: the server decided its clean end and is still sending.
+    let mut got = vec![0u8; 1024];
+    c.read_exact(&mut got).unwrap();
+    send(&mut c, b"\r\n");
+    let mut rest = Vec::new();
+    c.read_to_end(&mut rest)
+        .expect("the whole answer, then the end of the stream: not a reset");
+    got.extend_from_slice(&rest);
+    let head_end = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    assert_eq!(got.len() - head_end, BODY);
+}

@@ -41,6 +41,9 @@ use crate::tls::{HandshakeFailure, TlsShared};
 const READ_BUDGET: usize = 256 * 1024;
 /// The size of the shard's read buffer.
 const SCRATCH: usize = 64 * 1024;
+/// An answer at most this large, written whole in the drive that read its request, may
+/// end its connection with a plain close (see the close in `drive`).
+const QUICK_CLOSE_MAX: u64 = 16 * 1024;
 /// The starting size of the shard's output scratch (it grows if a decode needs more).
 const OUT_SCRATCH: usize = 64 * 1024;
 
@@ -255,6 +258,11 @@ impl<H: Handler> ConnIo<H> {
         // judge the connection quiet. One that stopped early (no room in the pool's
         // queue, its read budget used up) may have whole requests still unread.
         let mut read_dry = false;
+        // Whether the last read emptied the socket, and whether the connection was
+        // already ending before this drive (see the close below).
+        let mut last_short = false;
+        let ending_before = conn.stage == Stage::Ending;
+        let out_before = self.stats.bytes_out;
         loop {
             if conn.held_until() != 0 || conn.stage != Stage::Serving {
                 break;
@@ -324,6 +332,7 @@ impl<H: Handler> ConnIo<H> {
                 }
                 continue;
             }
+            last_short = short;
             budget = budget.saturating_sub(raw);
             self.stats.bytes_in += raw as u64;
             conn.last_active = Stamp::at(self.now);
@@ -354,9 +363,27 @@ impl<H: Handler> ConnIo<H> {
             && conn.jobs().is_none()
             && (conn.stage == Stage::Ending || conn.has(PEER_EOF))
         {
-            // Nothing can arrive that a close would reset: close now (a TLS
-            // close_notify first), no shutdown and no lingering read.
-            return Err(Close::Normal);
+            // Nothing unread that a close would turn into a reset: close now (a TLS
+            // close_notify first), no shutdown and no lingering read. Sure when the
+            // peer has closed, or when a small answer went out in the drive that read
+            // its request and emptied the socket. Otherwise the peer may have sent more
+            // since (a late CRLF, say) while a large answer is still on its way, which
+            // a reset would destroy: close only if the kernel holds nothing unsent and
+            // nothing unread waits; else linger like any close.
+            let wrote = self.stats.bytes_out - out_before;
+            let sure = conn.has(PEER_EOF)
+                || (conn.stage == Stage::Ending
+                    && !ending_before
+                    && last_short
+                    && wrote <= QUICK_CLOSE_MAX);
+            if sure
+                || (conn.stage == Stage::Ending
+                    && sock.unsent() == 0
+                    && !self.unread(sock, conn)?)
+            {
+                return Err(Close::Normal);
+            }
+            conn.stage = Stage::Closing;
         }
         if conn.stage == Stage::Closing && conn.output().is_none() && conn.jobs().is_none() {
             // Half-close and read until the peer closes, so that unread request bytes
@@ -567,6 +594,31 @@ impl<H: Handler> ConnIo<H> {
         }
         self.pool.put(out);
         Ok(())
+    }
+
+    /// Whether the peer sent bytes not read yet (read, and dropped: the connection is
+    /// closing). While reading is paused, assumed so.
+    fn unread<K: Socket>(
+        &mut self,
+        sock: &mut K,
+        conn: &mut Conn<H::State>,
+    ) -> Result<bool, Close> {
+        if self.paused {
+            return Ok(true);
+        }
+        match sock.read(&mut self.scratch) {
+            Ok(0) => {
+                conn.set(PEER_EOF, true);
+                Ok(false)
+            }
+            Ok(n) => {
+                self.stats.bytes_in += n as u64;
+                Ok(true)
+            }
+            Err(e) if would_block(&e) => Ok(false),
+            Err(e) if interrupted(&e) => Ok(true),
+            Err(e) => Err(io_close(&e)),
+        }
     }
 
     /// A quiet connection that has not sent a request yet may have been accepted just
@@ -927,9 +979,11 @@ impl<H: Handler> ConnIo<H> {
             self.wheel.cancel(t);
         }
         self.retire(&mut conn, key, why);
-        // Output the peer never took: a dead peer found by the user timeout, not by
-        // keep-alive (which probes only an idle connection).
-        let pending = conn.output().is_some();
+        // Output the peer never took (ours, or the kernel's, unacknowledged): a dead
+        // peer found by the user timeout, not by keep-alive (which probes only a
+        // connection with nothing in flight).
+        let pending = why == Close::PeerGone
+            && (conn.output().is_some() || sock.as_deref().is_some_and(|s| s.unsent() > 0));
         if let Some(mut tls) = conn.busy.as_mut().and_then(|b| b.tls.take()) {
             self.close_tls(sock, &conn, &mut tls, why);
         }

@@ -570,6 +570,15 @@ impl<H: Handler> Core for Shard<H> {
         if conn.tls().is_some() {
             self.io.stats.tls_open = self.io.stats.tls_open.saturating_sub(1);
         }
+        // A greeting the open hook wrote: its buffer goes back to the pool.
+        if let Some(mut busy) = conn.busy.take() {
+            for b in [busy.input.take(), busy.output.take()]
+                .into_iter()
+                .flatten()
+            {
+                self.io.pool.put(b);
+            }
+        }
         self.io.stats.accepted -= 1;
         if let Some(ip) = self.ips.remove(&key) {
             release_ip(&self.shared, ip);

@@ -39,6 +39,11 @@ pub trait Socket {
     /// Whether the core wants to hear when the socket can take more output. Called
     /// only when the wish changes.
     fn want_write(&mut self, on: bool) -> io::Result<()>;
+    /// Bytes written that the peer has not acknowledged (the kernel's send queue), as
+    /// far as the driver knows.
+    fn unsent(&self) -> usize {
+        0
+    }
 }
 
 /// The driver's sockets. Each connection carries a 32-bit handle of the driver's (a

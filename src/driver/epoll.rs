@@ -66,6 +66,14 @@ impl Socket for MioSock<'_> {
         self.stream.write(buf)
     }
 
+    fn unsent(&self) -> usize {
+        let mut n: libc::c_int = 0;
+        // SAFETY: TIOCOUTQ (SIOCOUTQ) writes one int, the send queue's length, into
+        // `n`; the descriptor is the connection's, open while lent.
+        let r = unsafe { libc::ioctl(self.stream.as_raw_fd(), libc::TIOCOUTQ, &mut n) };
+        if r == 0 { n.max(0) as usize } else { 0 }
+    }
+
     fn shutdown_write(&mut self) {
         let _ = self.stream.shutdown(Shutdown::Write);
     }
