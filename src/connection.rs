@@ -205,6 +205,9 @@ pub(crate) struct PushBox {
     items: Mutex<Vec<Push>>,
     /// Bytes queued, against `limit`.
     queued: AtomicUsize,
+    /// Set by every push (under the lock), cleared by the shard before it takes: a
+    /// wake-up for the worker pool's completions does not take this lock for nothing.
+    pending: AtomicBool,
     limit: usize,
     closed: AtomicBool,
     waker: Arc<mio::Waker>,
@@ -215,6 +218,7 @@ impl PushBox {
         PushBox {
             items: Mutex::new(Vec::new()),
             queued: AtomicUsize::new(0),
+            pending: AtomicBool::new(false),
             limit,
             closed: AtomicBool::new(false),
             waker,
@@ -223,6 +227,9 @@ impl PushBox {
 
     /// Called by the shard: every push waiting, swapped out whole.
     pub fn take(&self, into: &mut Vec<Push>) {
+        if !self.pending.swap(false, Ordering::AcqRel) {
+            return;
+        }
         let mut items = self.items.lock().unwrap_or_else(|e| e.into_inner());
         std::mem::swap(&mut *items, into);
         drop(items);
@@ -292,6 +299,7 @@ impl Pusher {
         let mut items = shard.items.lock().unwrap_or_else(|e| e.into_inner());
         let was_empty = items.is_empty();
         items.push(Push { to, bytes });
+        shard.pending.store(true, Ordering::Release);
         drop(items);
         if was_empty {
             // One wake-up per batch: the shard takes everything at once.

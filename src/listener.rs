@@ -290,6 +290,19 @@ pub fn raise_nofile_limit() -> io::Result<(u64, u64)> {
 mod tests {
     use super::*;
 
+    /// The connection made to `l`, once the kernel has it.
+    fn accept_one(l: &TcpListener) -> TcpStream {
+        loop {
+            match l.accept() {
+                Ok((s, _)) => return s,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(5))
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+
     #[test]
     fn two_listeners_share_a_port() {
         let a = bind("127.0.0.1:0".parse().unwrap(), 16).unwrap();
@@ -323,15 +336,7 @@ mod tests {
         };
         configure_listener(&l, dead).unwrap();
         let _c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
-        let s = loop {
-            match l.accept() {
-                Ok((s, _)) => break s,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    std::thread::sleep(Duration::from_millis(5))
-                }
-                Err(e) => panic!("{e}"),
-            }
-        };
+        let s = accept_one(&l);
         let r = SockRef::from(&s);
         assert!(r.tcp_nodelay().unwrap());
         assert!(r.keepalive().unwrap());
@@ -348,15 +353,7 @@ mod tests {
     fn accepted_sockets_get_nodelay_and_keepalive() {
         let l = bind("127.0.0.1:0".parse().unwrap(), 16).unwrap();
         let _c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
-        let s = loop {
-            match l.accept() {
-                Ok((s, _)) => break s,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    std::thread::sleep(Duration::from_millis(5))
-                }
-                Err(e) => panic!("{e}"),
-            }
-        };
+        let s = accept_one(&l);
         let dead = DeadPeer {
             keepalive: Some((Duration::from_secs(42), Duration::from_secs(7), 4)),
             user_timeout: Some(Duration::from_millis(9500)),

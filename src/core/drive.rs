@@ -137,7 +137,6 @@ impl Close {
 
 /// What became of bytes pushed to a connection ([`Core::push`](super::Core::push)).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[cfg_attr(not(test), allow(dead_code))] // the connection hooks' to come; the simulation's now
 pub(crate) enum Pushed {
     /// Placed behind every answer already placed; they go out in that order.
     Queued,
@@ -431,7 +430,6 @@ impl<H: Handler> ConnIo<H> {
     /// Places pushed bytes at the end of the output: after every answer already
     /// placed (answers are placed whole, so a push never splits one), before the
     /// answers of jobs still running. The caller drives the connection to send them.
-    #[cfg_attr(not(test), allow(dead_code))]
     pub fn place_push(&mut self, conn: &mut Conn<H::State>, bytes: &[u8]) -> Pushed {
         if conn.stage != Stage::Serving || conn.tls().is_some_and(|t| t.handshaking) {
             return Pushed::Refused;

@@ -133,9 +133,9 @@ pub(crate) trait Core {
     /// driven now.
     #[cfg_attr(not(test), allow(dead_code))]
     fn resume_reading<S: Sockets>(&mut self, sockets: &mut S);
-    /// Bytes for a connection that did not come from its own input (a push: from a
-    /// hook, or from another thread through the shard's inbox), sent after every
-    /// answer already placed.
+    /// Bytes for a connection that did not come from its own input, sent after every
+    /// answer already placed. The simulation's door; the server's pushes come through
+    /// the shard's inbox (`wake`), to the same placing.
     #[cfg_attr(not(test), allow(dead_code))]
     fn push<S: Sockets>(&mut self, sockets: &mut S, key: usize, bytes: &[u8]) -> Pushed;
 }

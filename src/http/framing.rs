@@ -450,6 +450,25 @@ pub(crate) fn write_failure(out: &mut BytesMut, f: Failure, closing: bool) {
     });
 }
 
+/// Hands a complete request to `answer` and counts it: `true` when the connection
+/// closes after its answer.
+fn deliver<R>(
+    answer: &mut impl FnMut(&mut Calls<'_, R>, &Cx, Reply, Request),
+    out: &mut Calls<'_, R>,
+    cx: &Cx,
+    d: &mut Decoded,
+    reply: Reply,
+    request: Request,
+) -> bool {
+    answer(out, cx, reply, request);
+    d.requests += 1;
+    if reply.keep_alive {
+        return false;
+    }
+    d.next = Next::Close;
+    true
+}
+
 impl Reply {
     /// Whether the connection closes after this answer.
     pub(crate) fn closes(&self) -> bool {
@@ -486,11 +505,7 @@ impl Limits {
                 } else {
                     // A Content-Length body, complete.
                     let reply = st.owed;
-                    let request = st.finish();
-                    answer(out, cx, reply, request);
-                    d.requests += 1;
-                    if !reply.keep_alive {
-                        d.next = Next::Close;
+                    if deliver(&mut answer, out, cx, &mut d, reply, st.finish()) {
                         return d;
                     }
                     continue;
@@ -507,11 +522,7 @@ impl Limits {
                     Step::Done(n) => {
                         d.consumed += n;
                         let reply = st.owed;
-                        let request = st.finish();
-                        answer(out, cx, reply, request);
-                        d.requests += 1;
-                        if !reply.keep_alive {
-                            d.next = Next::Close;
+                        if deliver(&mut answer, out, cx, &mut d, reply, st.finish()) {
                             return d;
                         }
                         continue;
@@ -568,10 +579,7 @@ impl Limits {
                             }
                             if whole {
                                 request.set_body(copy.slice(n..));
-                                answer(out, cx, reply, request);
-                                d.requests += 1;
-                                if !reply.keep_alive {
-                                    d.next = Next::Close;
+                                if deliver(&mut answer, out, cx, &mut d, reply, request) {
                                     return d;
                                 }
                                 continue;
