@@ -339,3 +339,85 @@ fn under_tls_open_comes_after_the_handshake() {
     }
     assert_eq!(got, b"ping\n");
 }
+
+/// The same hooks on the worker pool's path: a `Codec` is told of the open (and
+/// greets) and the close, its lines are answered by a worker, and a push from another
+/// thread reaches the connection.
+#[derive(Clone, Default)]
+struct PooledRoom {
+    book: Arc<Mutex<Book>>,
+}
+
+impl reactor::service::Codec for PooledRoom {
+    type State = ();
+    type Request = String;
+    type Response = String;
+
+    fn open(&self, _: &mut (), conn: &ConnInfo, out: &mut BytesMut, _: &Cx) -> bool {
+        self.book.lock().unwrap().open.insert(conn.id, conn.peer);
+        out.extend_from_slice(b"pooled hello\n");
+        true
+    }
+
+    fn close(&self, _: &mut (), conn: ConnId, why: Closed) {
+        let mut b = self.book.lock().unwrap();
+        b.open.remove(&conn);
+        b.closed.push((conn, why));
+    }
+
+    fn decode(
+        &self,
+        _: &mut (),
+        input: &[u8],
+        out: &mut reactor::service::Calls<'_, String>,
+        cx: &Cx,
+    ) -> Decoded {
+        let mut d = Decoded::default();
+        while let Some(nl) = input[d.consumed..].iter().position(|&b| b == b'\n') {
+            if d.at_limit(cx, out.out()) {
+                break;
+            }
+            let line = &input[d.consumed..d.consumed + nl];
+            out.call(String::from_utf8_lossy(line).into_owned());
+            d.consumed += nl + 1;
+            d.requests += 1;
+        }
+        d
+    }
+
+    fn encode(&self, answer: String, out: &mut BytesMut, _: &Cx) {
+        out.extend_from_slice(answer.as_bytes());
+        out.extend_from_slice(b"\n");
+    }
+
+    fn encode_failure(&self, _: reactor::service::Failure, out: &mut BytesMut, _: &Cx) {
+        out.extend_from_slice(b"failed\n");
+    }
+}
+
+#[test]
+fn hooks_and_pushes_on_the_worker_pools_path() {
+    let codec = PooledRoom::default();
+    let room = Room {
+        book: codec.book.clone(),
+        ..Room::default()
+    };
+    let pooled = reactor::service::Pooled::new(codec, |s: String| s.to_uppercase());
+    let srv = reactor::Server::start_with(&config("--workers 2"), pooled).unwrap();
+    let (mut c, mut r) = client(srv.local_addr());
+    assert_eq!(line(&mut r), "pooled hello\n");
+    let id = room.wait_open(1)[0];
+    assert_eq!(
+        room.book.lock().unwrap().open[&id],
+        Some(c.local_addr().unwrap())
+    );
+    send(&mut c, b"shout\n");
+    assert_eq!(line(&mut r), "SHOUT\n");
+    let pusher = srv.pusher();
+    std::thread::spawn(move || pusher.push(id, &b"pushed\n"[..]).unwrap())
+        .join()
+        .unwrap();
+    assert_eq!(line(&mut r), "pushed\n");
+    drop((c, r));
+    assert_eq!(room.wait_closed(id), Closed::Normal);
+}
