@@ -56,18 +56,28 @@ impl BufferPool {
     pub fn put(&mut self, mut buf: BytesMut) {
         self.lent = self.lent.saturating_sub(1);
         buf.clear();
-        if self.free.len() >= self.max_free {
+        // After `advance` the front of the allocation is out of reach and `capacity`
+        // counts only what lies past it: a 64 KB output buffer written out down to its
+        // last 4 KB says 4 KB. On an empty, uniquely owned buffer `try_reclaim` moves
+        // the start back without allocating, so asking for more than `KEEP_MAX` tells
+        // whether the whole allocation is larger than a buffer worth keeping.
+        if self.free.len() >= self.max_free || buf.try_reclaim(KEEP_MAX + 1) {
             self.freed += buf.capacity();
             return;
         }
-        // After `advance` the front of the allocation is out of reach; on an empty,
-        // uniquely owned buffer `reserve` moves the start back without allocating.
         buf.reserve(BUF_SIZE);
-        if buf.capacity() <= KEEP_MAX {
-            self.free.push(buf);
-        } else {
-            self.freed += buf.capacity();
+        self.free.push(buf);
+    }
+
+    /// Frees idle buffers beyond `keep`: after a burst, the spares it left behind go
+    /// back to the allocator instead of staying in the pool for ever.
+    pub fn shrink_idle(&mut self, keep: usize) {
+        while self.free.len() > keep {
+            if let Some(buf) = self.free.pop() {
+                self.freed += buf.capacity();
+            }
         }
+        self.free.shrink_to(keep.max(self.free.len()));
     }
 
     /// Bytes of buffers freed since the last call.
@@ -95,6 +105,27 @@ impl BufferPool {
 mod tests {
     use super::*;
     use bytes::Buf;
+
+    #[test]
+    fn a_grown_buffer_written_out_is_freed_though_it_looks_small() {
+        let mut pool = BufferPool::new(8);
+        let mut b = pool.get();
+        b.extend_from_slice(&[7u8; 64 * 1024]);
+        // Written out but the last 100 bytes: what is left of the allocation past the
+        // start is small, the allocation is not.
+        b.advance(64 * 1024 - 100);
+        assert!(b.capacity() < KEEP_MAX);
+        pool.put(b);
+        assert_eq!(pool.idle(), 0, "a 64 KB allocation kept as a 4 KB buffer");
+        assert!(pool.take_freed() >= 64 * 1024);
+        // A 4 KB buffer in the same state is kept, and whole again.
+        let mut b = pool.get();
+        b.extend_from_slice(&[7u8; 3000]);
+        b.advance(2900);
+        pool.put(b);
+        assert_eq!(pool.idle(), 1);
+        assert!(pool.get().capacity() >= BUF_SIZE);
+    }
 
     #[test]
     fn a_returned_buffer_is_reused_without_allocating() {

@@ -150,6 +150,38 @@ fn lookup_id(name: &str, group: bool) -> Result<u32, String> {
     id.ok_or_else(|| format!("no {} named `{name}`", if group { "group" } else { "user" }))
 }
 
+/// Parses a size in bytes: "65536", "64KiB", "64MiB", "1GiB" (also "k", "M", "G" and
+/// "KB", "MB", "GB", read as powers of 1024).
+///
+/// ```
+/// use reactor::config::parse_bytes;
+/// assert_eq!(parse_bytes("64MiB"), Ok(64 << 20));
+/// assert_eq!(parse_bytes("1g"), Ok(1 << 30));
+/// assert_eq!(parse_bytes("4096"), Ok(4096));
+/// assert!(parse_bytes("12 apples").is_err());
+/// ```
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size (try 64MiB or 1GiB)"))?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        other => {
+            return Err(format!(
+                "`{s}`: unknown unit `{other}` (use KiB, MiB or GiB)"
+            ));
+        }
+    };
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("`{s}` is too large"))
+}
+
 /// `--unix-mode`: octal permission bits.
 #[cfg_attr(not(feature = "cli"), allow(dead_code))]
 fn parse_mode(s: &str) -> Result<u32, String> {
@@ -281,6 +313,17 @@ pub struct Config {
     /// protocol's memory, the built-in ones and yours.
     #[cfg_attr(feature = "cli", arg(long, default_value_t = 1024 * 1024))]
     pub max_input: usize,
+
+    /// The most heap memory the process may hold for its connections (their buffers,
+    /// partial requests, HTTP bodies being collected, answers and pushes waiting to be
+    /// sent): "64MiB", "1GiB", "500000" (bytes; KiB, MiB, GiB accepted; 0 = no
+    /// budget). Past it, a connection still owing its peer output is not read until the
+    /// heap is back under the budget; one that owes nothing (its peer keeps up) is read
+    /// as before. Nothing accepted is dropped. Needs the counting allocator,
+    /// `reactor::memory::Counted`, as the program's global allocator (the `reactor`
+    /// binary has it).
+    #[cfg_attr(feature = "cli", arg(long, default_value = "0", value_parser = parse_bytes))]
+    pub max_buffer_memory: u64,
 
     /// Hold every answer back this many milliseconds (on the timer wheel, never by
     /// sleeping); each connection's next request is read once its answer is out.
@@ -460,6 +503,7 @@ impl Default for Config {
             high_water: 64 * 1024,
             push_limit: 1024 * 1024,
             max_input: 1024 * 1024,
+            max_buffer_memory: 0,
             delay_ms: 0,
             max_header_bytes: crate::wire::http::MAX_HEADER_BYTES,
             max_headers: crate::wire::http::MAX_HEADERS,
@@ -547,6 +591,8 @@ setters! {
     push_limit: usize,
     /// Sets [`Config::max_input`].
     max_input: usize,
+    /// Sets [`Config::max_buffer_memory`].
+    max_buffer_memory: u64,
     /// Sets [`Config::delay_ms`].
     delay_ms: u64,
     /// Sets [`Config::max_header_bytes`].

@@ -63,6 +63,7 @@ mod driver;
 mod duration;
 pub mod http;
 mod jobs;
+pub mod memory;
 mod metrics;
 mod mutant;
 pub mod protocol;

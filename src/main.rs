@@ -1,5 +1,9 @@
 use clap::Parser;
 
+/// Counts the heap, for --max-buffer-memory and the `buffer_memory` gauge.
+#[global_allocator]
+static HEAP: reactor::memory::Counted = reactor::memory::Counted;
+
 fn main() {
     // Started by a service manager with sockets of its own (systemd's socket
     // activation), the server serves those instead of binding --addr.

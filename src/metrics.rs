@@ -108,10 +108,7 @@ impl Collector for Sources {
             .iter()
             .map(|cell| cell.lock().map(|c| *c).unwrap_or_default())
             .collect();
-        let mut t = Counters::default();
-        for s in &shards {
-            t += *s;
-        }
+        let t = self.shared.total();
         {
             let mut m = e.encode_descriptor(
                 "reactor_connections_open",
@@ -209,6 +206,29 @@ impl Collector for Sources {
             "Idle 4 KB buffers kept by the shards' pools.",
             None,
             as_i64(t.buffers_pooled),
+        )?;
+        gauge(
+            &mut e,
+            "reactor_buffer_memory",
+            "Heap memory the process holds now: connections' buffers, bodies, pushes, \
+             and the server's own structures (0 without the counting allocator).",
+            Some(&Unit::Bytes),
+            as_i64(t.buffer_memory),
+        )?;
+        gauge(
+            &mut e,
+            "reactor_buffer_memory_limit",
+            "The memory budget, --max-buffer-memory (0: none).",
+            Some(&Unit::Bytes),
+            as_i64(t.buffer_memory_limit),
+        )?;
+        counter(
+            &mut e,
+            "reactor_memory_pauses",
+            "Times a shard stopped reading connections that owe output: the heap reached \
+             the memory budget.",
+            None,
+            t.memory_pauses,
         )?;
         counter(
             &mut e,

@@ -25,10 +25,12 @@ pub(crate) struct Shared {
     /// Connections open per client address, under --max-connections-per-ip (touched
     /// on accept and close only, never per request).
     pub per_ip: Mutex<HashMap<IpAddr, usize>>,
+    /// The memory budget (`--max-buffer-memory`), 0 for none.
+    pub memory_limit: u64,
 }
 
 impl Shared {
-    pub fn new(shards: usize) -> Shared {
+    pub fn new(shards: usize, memory_limit: u64) -> Shared {
         Shared {
             shutdown: AtomicBool::new(false),
             force: AtomicBool::new(false),
@@ -37,7 +39,21 @@ impl Shared {
                 .map(|_| Mutex::new(Counters::default()))
                 .collect(),
             per_ip: Mutex::new(HashMap::new()),
+            memory_limit,
         }
+    }
+
+    /// The shards' counters summed, with the process-wide memory gauges.
+    pub fn total(&self) -> Counters {
+        let mut sum = Counters::default();
+        for cell in &self.stats {
+            if let Ok(c) = cell.lock() {
+                sum += *c;
+            }
+        }
+        sum.buffer_memory = crate::memory::in_use().unwrap_or(0) as u64;
+        sum.buffer_memory_limit = self.memory_limit;
+        sum
     }
 }
 

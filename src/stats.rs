@@ -73,6 +73,14 @@ pub struct Counters {
     pub buffers_lent: u64,
     /// Idle buffers kept by the pools now.
     pub buffers_pooled: u64,
+    /// Heap bytes the process holds now, with [`memory::Counted`](crate::memory::Counted)
+    /// as its allocator (0 otherwise); process-wide.
+    pub buffer_memory: u64,
+    /// The memory budget (`--max-buffer-memory`), 0 for none.
+    pub buffer_memory_limit: u64,
+    /// Times a shard stopped reading connections that owe output because the heap
+    /// reached the budget.
+    pub memory_pauses: u64,
     /// Requests by server-side latency (see [`LATENCY_BOUNDS_US`]), and the sum in us.
     pub latency: [u64; LATENCY_BUCKETS],
     pub latency_sum_us: u64,
@@ -167,6 +175,10 @@ impl AddAssign for Counters {
         self.open += o.open;
         self.buffers_lent += o.buffers_lent;
         self.buffers_pooled += o.buffers_pooled;
+        // Process-wide gauges: the same for every shard.
+        self.buffer_memory = self.buffer_memory.max(o.buffer_memory);
+        self.buffer_memory_limit = self.buffer_memory_limit.max(o.buffer_memory_limit);
+        self.memory_pauses += o.memory_pauses;
         for (a, b) in self.latency.iter_mut().zip(o.latency) {
             *a += b;
         }
@@ -229,6 +241,16 @@ impl fmt::Display for Counters {
             self.decode_panics,
             self.input_overflows,
         )?;
+        if self.buffer_memory > 0 {
+            write!(f, " buffer_memory={}", self.buffer_memory)?;
+        }
+        if self.buffer_memory_limit > 0 {
+            write!(
+                f,
+                " buffer_memory_limit={} memory_pauses={}",
+                self.buffer_memory_limit, self.memory_pauses
+            )?;
+        }
         if self.pushes + self.pushes_refused + self.refused_by_protocol > 0 {
             write!(
                 f,

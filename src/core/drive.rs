@@ -68,6 +68,9 @@ pub(crate) struct Settings {
     pub push_limit: usize,
     /// Most input a connection may hold unconsumed by its protocol.
     pub max_input: usize,
+    /// The memory budget in heap bytes (0 = none): past it, reading pauses for
+    /// connections that owe their peer output.
+    pub memory_limit: usize,
     pub delay_ms: u64,
     pub max_conns: usize,
     pub dead_peer: crate::listener::DeadPeer,
@@ -291,8 +294,15 @@ impl<H: Handler> ConnIo<H> {
                 read_dry = true;
                 break;
             }
-            if self.paused {
+            if !self.paused && self.over_budget() {
+                self.paused = true;
+                self.stats.memory_pauses += 1;
+            }
+            if self.paused && !owes_nothing(sock, conn) {
                 // Bytes may wait in the socket: driven again when reading resumes.
+                // A connection whose peer has taken every byte is still read: its
+                // answers go straight to the socket and hold no memory (see
+                // `owes_nothing`).
                 self.park(conn, key);
                 break;
             }
@@ -417,6 +427,15 @@ impl<H: Handler> ConnIo<H> {
             return Err(Close::Normal);
         }
         Ok(())
+    }
+
+    /// Whether the heap has reached the memory budget (never without one, or while
+    /// draining: a drain reads what is left).
+    #[inline]
+    pub fn over_budget(&self) -> bool {
+        self.set.memory_limit > 0
+            && !self.draining
+            && crate::memory::at_least(self.set.memory_limit)
     }
 
     /// Reading is paused: the connection is driven again on resume.
@@ -1031,6 +1050,16 @@ impl<H: Handler> ConnIo<H> {
 
 /// Serving, past its TLS handshake, and the protocol not yet told.
 #[inline]
+/// While the memory budget is spent, whether a connection may still be read: it owes
+/// its peer nothing (no output, no answer waiting for the worker pool) and the kernel
+/// holds nothing of it unacknowledged, so its peer reads as fast as it is answered. An
+/// answer to what it sends now goes into an empty socket and holds no memory; a peer
+/// that pipelines and does not read stops being read at its first unread answer, as
+/// the budget demands. The kernel's queue is asked only while the budget is spent.
+fn owes_nothing<S, K: Socket>(sock: &K, conn: &Conn<S>) -> bool {
+    conn.output().is_none() && conn.jobs().is_none() && sock.unsent() == 0
+}
+
 fn awaits_open<S>(conn: &Conn<S>) -> bool {
     !conn.has(OPENED) && conn.stage == Stage::Serving && !conn.tls().is_some_and(|t| t.handshaking)
 }

@@ -67,8 +67,14 @@ use crate::workers::Pool;
 const TRIM_AFTER_BYTES: usize = 4 << 20;
 /// At most how often a shard asks, in ms.
 const TRIM_EVERY_MS: u64 = 1000;
+/// Idle buffers a shard's pool keeps however quiet it is (1 MiB of 4 KB buffers).
+const POOL_FLOOR: usize = 256;
 /// At most how often counters are copied out for the server, in ms.
 const PUBLISH_MS: u64 = 100;
+/// While the memory budget is spent: how often connections parked with their output
+/// sent are looked at again (their peer may have read it all since; nothing else
+/// wakes them, as they wait for no event).
+const BUDGET_RETRY_MS: u64 = 100;
 /// Wheel: 10 ms ticks, 4096 slots (a 41 s rotation).
 const TICK_MS: u64 = 10;
 const SLOTS: usize = 4096;
@@ -168,6 +174,10 @@ pub(crate) struct Shard<H: Handler> {
     freed: usize,
     trim_at: Option<u64>,
     last_trim: u64,
+    /// While the memory budget is spent: when parked connections are looked at again.
+    budget_retry_at: Option<u64>,
+    /// When the pool's idle buffers are next cut down to what is in use.
+    pool_check_at: Option<u64>,
     /// Tests only: every close and its reason, for the simulation to judge.
     #[cfg(test)]
     closes: Vec<(usize, Close)>,
@@ -220,6 +230,8 @@ impl<H: Handler> Shard<H> {
             freed: 0,
             trim_at: None,
             last_trim: 0,
+            budget_retry_at: None,
+            pool_check_at: None,
             #[cfg(test)]
             closes: Vec::new(),
         }
@@ -413,12 +425,23 @@ impl<H: Handler> Shard<H> {
         self.pfired = fired;
     }
 
-    /// After a burst freed a lot of buffers, asks the allocator to return the memory to
-    /// the system (glibc keeps freed memory otherwise: a crowd of slow readers would
-    /// pin its peak RSS for ever). At most once a second per shard, a second after the
+    /// After a burst, gives its memory back: once a second the pool frees the idle
+    /// buffers it holds beyond as many as are lent now (at least `POOL_FLOOR`), and
+    /// once a lot of buffer memory was freed the allocator is asked to return it to the
+    /// system (glibc keeps freed memory otherwise: a crowd of slow readers would pin
+    /// its peak RSS for ever). At most once a second per shard, a second after the
     /// freeing began, so a busy shard that frees and allocates all the time does not
     /// pay for a trim per turn.
     fn give_back(&mut self) {
+        if self.pool_check_at.is_some_and(|at| self.io.now >= at) {
+            self.pool_check_at = None;
+            let keep = self.io.pool.lent().max(POOL_FLOOR);
+            self.io.pool.shrink_idle(keep);
+        }
+        if self.pool_check_at.is_none() && self.io.pool.idle() > self.io.pool.lent().max(POOL_FLOOR)
+        {
+            self.pool_check_at = Some(self.io.now + TRIM_EVERY_MS);
+        }
         self.freed += self.io.pool.take_freed();
         if self.freed >= TRIM_AFTER_BYTES && self.trim_at.is_none() {
             self.trim_at = Some(self.io.now.max(self.last_trim + TRIM_EVERY_MS));
@@ -428,6 +451,42 @@ impl<H: Handler> Shard<H> {
             self.freed = 0;
             self.last_trim = self.io.now;
             crate::shared::trim_allocator();
+        }
+    }
+
+    /// While reading is paused for the memory budget: resumes it once the heap is back
+    /// under seven eighths of the budget (a margin, so that a resume does not pause
+    /// again at the next read), and meanwhile drives again, every `BUDGET_RETRY_MS`,
+    /// the parked connections that owe no output any more: those whose peer has read.
+    fn relieve<S: Sockets>(&mut self, sockets: &mut S) {
+        let limit = self.io.set.memory_limit;
+        if !self.io.paused || limit == 0 {
+            self.budget_retry_at = None;
+            return;
+        }
+        if !crate::memory::at_least(limit - limit / 8) {
+            self.budget_retry_at = None;
+            self.resume_reading(sockets);
+            return;
+        }
+        let now = self.io.now;
+        match self.budget_retry_at {
+            None => self.budget_retry_at = Some(now + BUDGET_RETRY_MS),
+            Some(at) if now >= at => {
+                self.budget_retry_at = Some(now + BUDGET_RETRY_MS);
+                let parked = std::mem::take(&mut self.io.parked);
+                for key in parked {
+                    match self.conns.get_mut(key) {
+                        Some(conn) if conn.output().is_none() && conn.jobs().is_none() => {
+                            conn.set(PARKED, false);
+                            self.drive(sockets, key);
+                        }
+                        Some(_) => self.io.parked.push(key),
+                        None => {}
+                    }
+                }
+            }
+            Some(_) => {}
         }
     }
 
@@ -642,6 +701,7 @@ impl<H: Handler> Core for Shard<H> {
             off.submit();
         }
         self.check_drain(sockets);
+        self.relieve(sockets);
         self.give_back();
         self.publish(false);
     }
@@ -662,6 +722,8 @@ impl<H: Handler> Core for Shard<H> {
             self.grace_sweep_at,
             self.io.ptimers.next_deadline(),
             self.trim_at,
+            self.budget_retry_at,
+            self.pool_check_at,
         ] {
             at = match (at, t) {
                 (Some(a), Some(b)) => Some(a.min(b)),

@@ -92,6 +92,13 @@ pub(super) fn compose<H: Handler>(
         }
         None
     };
+    if cfg.max_buffer_memory > 0 && crate::memory::in_use().is_none() {
+        return Err(invalid(
+            "Config::max_buffer_memory (--max-buffer-memory) needs reactor::memory::Counted \
+             as the program's global allocator (see the memory module)"
+                .into(),
+        ));
+    }
     let tls = match (&cfg.tls_cert, &cfg.tls_key) {
         (Some(cert), Some(key)) => {
             let (alpn, plain_reply) = if cfg.protocol == ProtocolKind::Http {
@@ -145,6 +152,7 @@ pub(super) fn compose<H: Handler>(
         high_water: cfg.high_water.max(1),
         push_limit: cfg.push_limit.max(1),
         max_input: cfg.max_input.max(1),
+        memory_limit: usize::try_from(cfg.max_buffer_memory).unwrap_or(usize::MAX),
         delay_ms: cfg.delay_ms,
         max_conns: max_conns.div_ceil(threads),
         dead_peer: crate::listener::DeadPeer {
@@ -169,7 +177,7 @@ pub(super) fn compose<H: Handler>(
         drain_grace_ms: cfg.drain_grace.as_millis() as u64,
         tls: tls.clone(),
     };
-    let shared = Arc::new(Shared::new(threads));
+    let shared = Arc::new(Shared::new(threads, cfg.max_buffer_memory));
     // Bind every listener before starting any thread; with port 0 the first bind
     // picks the port and the others share it through SO_REUSEPORT.
     // With --takeover, the listeners come from the server being replaced instead.

@@ -239,12 +239,7 @@ impl Server {
     /// The counters of all shards, as last published (within about 100 ms), and the
     /// worker pool's gauges now.
     pub fn stats(&self) -> Counters {
-        let mut sum = Counters::default();
-        for cell in &self.shared.stats {
-            if let Ok(c) = cell.lock() {
-                sum += *c;
-            }
-        }
+        let mut sum = self.shared.total();
         self.add_pool_stats(&mut sum);
         if let Some(t) = &self.tls {
             sum.tls_reloads = t.reloads.load(Ordering::Relaxed);

@@ -244,6 +244,7 @@ fn settings(sc: &Scenario) -> Settings {
         high_water: sc.high_water,
         push_limit: sc.high_water,
         max_input: usize::MAX,
+        memory_limit: 0,
         delay_ms: sc.delay_ms,
         max_conns: 1000,
         dead_peer: Default::default(),
@@ -277,7 +278,7 @@ fn proxy_header(mode: ProxyMode, id: usize) -> Option<Vec<u8>> {
 
 impl<H: Handler> Sim<H> {
     fn new(seed: u64, sc: Scenario, handler: H) -> Sim<H> {
-        let shared = Arc::new(Shared::new(1));
+        let shared = Arc::new(Shared::new(1, 0));
         let poll = Poll::new().expect("a poll for the waker");
         let waker = Arc::new(Waker::new(poll.registry(), Token(0)).expect("a waker"));
         let (pool, other) = if H::POOLED {
