@@ -37,6 +37,10 @@ pub(crate) struct Tally {
     pub(crate) unchecked: u64,
     /// Bytes of the answers checked.
     pub(crate) answer_bytes: u64,
+    /// Requests of checked exchanges whose answer never came because the fault proxy
+    /// cut their connection (`--faults`), and those exchanges.
+    pub(crate) cut: u64,
+    pub(crate) cut_exchanges: u64,
     /// The first failures of each kind, described: `<kind>: connection <n>: <what>`.
     pub(crate) failures: Vec<String>,
 }
@@ -57,6 +61,8 @@ impl AddAssign for Tally {
         self.connections += o.connections;
         self.unchecked += o.unchecked;
         self.answer_bytes += o.answer_bytes;
+        self.cut += o.cut;
+        self.cut_exchanges += o.cut_exchanges;
         for f in o.failures {
             self.note(f, KEPT);
         }
