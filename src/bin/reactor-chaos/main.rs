@@ -1,10 +1,10 @@
 //! reactor-chaos: a soak tool that checks that the server loses nothing while its peers
 //! behave badly. Each of `--conns` connections (a thread each) runs exchanges until
 //! `--duration` is over: K pipelined requests (1 to 32) written in random fragments,
-//! then a random ending (half-close, graceful close, keep-alive, abort, reset; see
-//! `behaviour.rs`). Every answer a peer waits for must come back, right and in order,
-//! checked with the project's wire module. A seeded generator draws everything, so a
-//! run's scenario can be replayed with its `--seed`.
+//! then a random ending (half-close, graceful close, keep-alive, slow read, abort,
+//! reset; see `behaviour.rs`). Every answer a peer waits for must come back, right and
+//! in order, checked with the project's wire module. A seeded generator draws
+//! everything, so a run's scenario can be replayed with its `--seed`.
 //!
 //! The connections can start with a PROXY header (`--proxy-header`), speak TLS
 //! (`--tls-ca`), and go through a fault-injecting proxy (`--faults`, see `faults.rs`):
@@ -206,8 +206,15 @@ fn print_summary(
     );
     eprintln!(
         "  exchanges {} on {} connections: half-close {}, graceful {}, keep-alive {}, \
-         aborted {}, reset {}",
-        t.exchanges, t.connections, t.half_closes, t.graceful, t.keep_alives, t.aborted, t.resets
+         slow-read {}, aborted {}, reset {}",
+        t.exchanges,
+        t.connections,
+        t.half_closes,
+        t.graceful,
+        t.keep_alives,
+        t.slow_reads,
+        t.aborted,
+        t.resets
     );
     eprintln!(
         "  requests {}: answers checked {} ({} bytes), lost {}, corrupt {}, unchecked {} \

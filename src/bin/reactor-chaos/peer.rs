@@ -131,7 +131,9 @@ impl<'a> Peer<'a> {
                     Ok(()) => State::Reading(s, ex),
                     Err(e) => self.settle(&s, &ex, Outcome::Error(format!("shutdown: {e}"))),
                 },
-                Behaviour::Graceful | Behaviour::KeepAlive => State::Reading(s, ex),
+                Behaviour::Graceful | Behaviour::KeepAlive | Behaviour::SlowRead => {
+                    State::Reading(s, ex)
+                }
                 Behaviour::Abort => {
                     let next = self.settle(&s, &ex, Outcome::Ok);
                     drop(s);
@@ -145,7 +147,13 @@ impl<'a> Peer<'a> {
             },
             State::Reading(mut s, mut ex) => {
                 let half_closed = ex.behaviour == Behaviour::HalfClose;
-                let n = match s.read(&mut self.scratch) {
+                let room = if ex.behaviour == Behaviour::SlowRead {
+                    std::thread::sleep(Duration::from_micros(self.rng.range(0, 2000) as u64));
+                    self.rng.range(1, 256)
+                } else {
+                    self.scratch.len()
+                };
+                let n = match s.read(&mut self.scratch[..room]) {
                     Ok(n) => n,
                     Err(e) if e.kind() == ErrorKind::Interrupted => return State::Reading(s, ex),
                     Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
@@ -205,6 +213,7 @@ impl<'a> Peer<'a> {
         match ex.behaviour {
             Behaviour::HalfClose => t.half_closes += 1,
             Behaviour::Graceful => t.graceful += 1,
+            Behaviour::SlowRead => t.slow_reads += 1,
             Behaviour::KeepAlive => t.keep_alives += 1,
             Behaviour::Abort => t.aborted += 1,
             Behaviour::Reset => t.resets += 1,

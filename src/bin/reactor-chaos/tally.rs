@@ -30,6 +30,7 @@ pub(crate) struct Tally {
     pub(crate) resets: u64,
     pub(crate) half_closes: u64,
     pub(crate) graceful: u64,
+    pub(crate) slow_reads: u64,
     pub(crate) keep_alives: u64,
     /// Connections opened.
     pub(crate) connections: u64,
@@ -57,6 +58,7 @@ impl AddAssign for Tally {
         self.resets += o.resets;
         self.half_closes += o.half_closes;
         self.graceful += o.graceful;
+        self.slow_reads += o.slow_reads;
         self.keep_alives += o.keep_alives;
         self.connections += o.connections;
         self.unchecked += o.unchecked;
