@@ -103,6 +103,7 @@ fn soak(proto: &str, args: &str) -> String {
         "half_closes",
         "graceful",
         "keep_alives",
+        "slow_reads",
         "aborted",
         "resets",
     ] {

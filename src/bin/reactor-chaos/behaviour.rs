@@ -16,6 +16,9 @@ pub(crate) enum Behaviour {
     Graceful,
     /// Read every answer, then run the next exchange on the same connection.
     KeepAlive,
+    /// Read every answer in small pieces (1 to 256 bytes) with pauses (up to 2 ms),
+    /// then close: a slow reader, which the server's backpressure must hold, not drop.
+    SlowRead,
     /// Close without reading the answers (nothing to check).
     Abort,
     /// SO_LINGER 0 and close, after part of the requests (possibly mid-request): the
@@ -24,10 +27,11 @@ pub(crate) enum Behaviour {
 }
 
 impl Behaviour {
-    pub(crate) const ALL: [Behaviour; 5] = [
+    pub(crate) const ALL: [Behaviour; 6] = [
         Behaviour::HalfClose,
         Behaviour::Graceful,
         Behaviour::KeepAlive,
+        Behaviour::SlowRead,
         Behaviour::Abort,
         Behaviour::Reset,
     ];
@@ -36,7 +40,7 @@ impl Behaviour {
     pub(crate) fn checked(self) -> bool {
         matches!(
             self,
-            Behaviour::HalfClose | Behaviour::Graceful | Behaviour::KeepAlive
+            Behaviour::HalfClose | Behaviour::Graceful | Behaviour::KeepAlive | Behaviour::SlowRead
         )
     }
 
@@ -45,6 +49,7 @@ impl Behaviour {
             Behaviour::HalfClose => "half-close",
             Behaviour::Graceful => "graceful",
             Behaviour::KeepAlive => "keep-alive",
+            Behaviour::SlowRead => "slow-read",
             Behaviour::Abort => "abort",
             Behaviour::Reset => "reset",
         }
@@ -55,7 +60,7 @@ impl Behaviour {
         match self {
             Behaviour::HalfClose | Behaviour::KeepAlive => 3,
             Behaviour::Graceful => 2,
-            Behaviour::Abort | Behaviour::Reset => 1,
+            Behaviour::Abort | Behaviour::Reset | Behaviour::SlowRead => 1,
         }
     }
 

@@ -7,6 +7,7 @@ use reactor::config::parse_duration;
 use serde::Serialize;
 
 use crate::behaviour::Behaviour;
+use crate::stream::ProxyHeader;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -54,4 +55,24 @@ pub(crate) struct Opts {
     /// Print a JSON summary line on stdout.
     #[arg(long)]
     pub(crate) json: bool,
+    /// Run every connection through a fault-injecting proxy in this process, with this
+    /// profile: comma-separated `latency=D`, `jitter=D` (never reordering), `rate=N[k|m]`
+    /// (bytes/s per direction), `slice=A-B` (bytes per segment), `pause=A-B` (between
+    /// segments), `stall=P%:D` (a chunk stops D mid-way), `cut=P%` (a chunk is where the
+    /// connection is cut, both ways). E.g.
+    /// `latency=20ms,jitter=10ms,rate=64k,slice=1-16,pause=0-5ms,stall=2%:300ms,cut=2%`.
+    /// Answers missing on a connection the proxy cut are counted `cut`, not lost.
+    #[arg(long, value_name = "SPEC")]
+    pub(crate) faults: Option<String>,
+    /// Start each connection with a PROXY protocol header, as HAProxy would (the
+    /// server needs `--proxy-protocol`).
+    #[arg(long, value_enum)]
+    pub(crate) proxy_header: Option<ProxyHeader>,
+    /// Speak TLS, trusting the server certificates that chain to this PEM file (the
+    /// name checked is the --addr IP unless --server-name says otherwise).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) tls_ca: Option<std::path::PathBuf>,
+    /// TLS: the server name to send and check.
+    #[arg(long, requires = "tls_ca")]
+    pub(crate) server_name: Option<String>,
 }

@@ -4,13 +4,14 @@
 //! bounded by `--timeout`, so a stuck server shows as a loss, not a hang.
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use crate::behaviour::Behaviour;
 use crate::exchange::Exchange;
+use crate::faults::Proxy;
 use crate::options::Opts;
 use crate::rng::Rng;
+use crate::stream::{Dialer, Stream};
 use crate::tally::Tally;
 
 /// Failures of each kind a peer describes in full (the rest are only counted).
@@ -20,13 +21,13 @@ enum State {
     /// No connection: open one, or stop if the run is over.
     Closed,
     /// Connected with no exchange under way (after a keep-alive one).
-    Idle(TcpStream),
+    Idle(Stream),
     /// Writing the requests, one fragment per step.
-    Sending(TcpStream, Exchange),
+    Sending(Stream, Exchange),
     /// Every fragment written: end the exchange the way its behaviour says.
-    Ending(TcpStream, Exchange),
+    Ending(Stream, Exchange),
     /// Reading the answers (a half-closed exchange: until EOF).
-    Reading(TcpStream, Exchange),
+    Reading(Stream, Exchange),
     Done,
 }
 
@@ -45,7 +46,9 @@ enum Outcome {
 pub(crate) struct Peer<'a> {
     id: usize,
     opts: &'a Opts,
-    addr: SocketAddr,
+    dialer: &'a Dialer,
+    /// The fault proxy the connections go through, which says which it cut.
+    proxy: Option<&'a Proxy>,
     deadline: Instant,
     rng: Rng,
     /// The last request number used.
@@ -59,13 +62,15 @@ impl<'a> Peer<'a> {
         id: usize,
         opts: &'a Opts,
         seed: u64,
-        addr: SocketAddr,
+        dialer: &'a Dialer,
+        proxy: Option<&'a Proxy>,
         deadline: Instant,
     ) -> Self {
         Peer {
             id,
             opts,
-            addr,
+            dialer,
+            proxy,
             deadline,
             rng: Rng::new(seed, id as u64),
             // Request numbers unique across connections (the echo payload starts with
@@ -93,7 +98,7 @@ impl<'a> Peer<'a> {
     fn step(&mut self, state: State) -> State {
         match state {
             State::Closed if self.over() => State::Done,
-            State::Closed => match self.connect() {
+            State::Closed => match self.dialer.connect() {
                 Ok(s) => {
                     self.tally.connections += 1;
                     self.begin(s)
@@ -113,33 +118,42 @@ impl<'a> Peer<'a> {
                 let Some(bytes) = ex.next_write() else {
                     return State::Ending(s, ex);
                 };
-                match s.write_all(bytes) {
+                match s.write_all(bytes).and_then(|()| s.flush()) {
                     Ok(()) => {
                         ex.writes += 1;
                         State::Sending(s, ex)
                     }
-                    Err(e) => self.settle(&ex, Outcome::Error(format!("write: {e}"))),
+                    Err(e) => self.settle(&s, &ex, Outcome::Error(format!("write: {e}"))),
                 }
             }
-            State::Ending(s, ex) => match ex.behaviour {
-                Behaviour::HalfClose => match s.shutdown(Shutdown::Write) {
+            State::Ending(mut s, ex) => match ex.behaviour {
+                Behaviour::HalfClose => match s.half_close() {
                     Ok(()) => State::Reading(s, ex),
-                    Err(e) => self.settle(&ex, Outcome::Error(format!("shutdown: {e}"))),
+                    Err(e) => self.settle(&s, &ex, Outcome::Error(format!("shutdown: {e}"))),
                 },
-                Behaviour::Graceful | Behaviour::KeepAlive => State::Reading(s, ex),
+                Behaviour::Graceful | Behaviour::KeepAlive | Behaviour::SlowRead => {
+                    State::Reading(s, ex)
+                }
                 Behaviour::Abort => {
+                    let next = self.settle(&s, &ex, Outcome::Ok);
                     drop(s);
-                    self.settle(&ex, Outcome::Ok)
+                    next
                 }
                 Behaviour::Reset => {
-                    let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
-                    drop(s);
-                    self.settle(&ex, Outcome::Ok)
+                    let next = self.settle(&s, &ex, Outcome::Ok);
+                    s.reset();
+                    next
                 }
             },
             State::Reading(mut s, mut ex) => {
                 let half_closed = ex.behaviour == Behaviour::HalfClose;
-                let n = match s.read(&mut self.scratch) {
+                let room = if ex.behaviour == Behaviour::SlowRead {
+                    std::thread::sleep(Duration::from_micros(self.rng.range(0, 2000) as u64));
+                    self.rng.range(1, 256)
+                } else {
+                    self.scratch.len()
+                };
+                let n = match s.read(&mut self.scratch[..room]) {
                     Ok(n) => n,
                     Err(e) if e.kind() == ErrorKind::Interrupted => return State::Reading(s, ex),
                     Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
@@ -148,9 +162,9 @@ impl<'a> Peer<'a> {
                         } else {
                             format!("no answer for {:?}", self.opts.timeout)
                         };
-                        return self.settle(&ex, Outcome::Error(what));
+                        return self.settle(&s, &ex, Outcome::Error(what));
                     }
-                    Err(e) => return self.settle(&ex, Outcome::Error(format!("read: {e}"))),
+                    Err(e) => return self.settle(&s, &ex, Outcome::Error(format!("read: {e}"))),
                 };
                 if n == 0 {
                     let outcome = if ex.complete() && ex.partial() == 0 {
@@ -166,39 +180,32 @@ impl<'a> Peer<'a> {
                             }
                         ))
                     };
-                    return self.settle(&ex, outcome);
+                    return self.settle(&s, &ex, outcome);
                 }
                 if let Err(e) = ex.take(self.opts.protocol, &self.scratch[..n]) {
-                    return self.settle(&ex, Outcome::Corrupt(e));
+                    return self.settle(&s, &ex, Outcome::Corrupt(e));
                 }
                 if !ex.complete() || half_closed {
                     return State::Reading(s, ex);
                 }
                 let keep = ex.behaviour == Behaviour::KeepAlive;
-                self.settle(&ex, Outcome::Ok);
+                self.settle(&s, &ex, Outcome::Ok);
                 if keep { State::Idle(s) } else { State::Closed }
             }
             State::Done => State::Done,
         }
     }
 
-    fn connect(&self) -> std::io::Result<TcpStream> {
-        let s = TcpStream::connect_timeout(&self.addr, self.opts.timeout)?;
-        s.set_read_timeout(Some(self.opts.timeout))?;
-        s.set_write_timeout(Some(self.opts.timeout))?;
-        s.set_nodelay(true)?;
-        Ok(s)
-    }
-
     /// Starts the next exchange on `s`.
-    fn begin(&mut self, s: TcpStream) -> State {
+    fn begin(&mut self, s: Stream) -> State {
         let ex = Exchange::plan(self.opts, &mut self.rng, &mut self.uid);
         State::Sending(s, ex)
     }
 
-    /// Counts an exchange that has ended; the connection is dropped unless the caller
-    /// keeps it.
-    fn settle(&mut self, ex: &Exchange, outcome: Outcome) -> State {
+    /// Counts an exchange that has ended on `s`; the connection is dropped unless the
+    /// caller keeps it. Called with the connection still open, so that its port is not
+    /// yet another connection's when the fault proxy is asked whether it cut it.
+    fn settle(&mut self, s: &Stream, ex: &Exchange, outcome: Outcome) -> State {
         let t = &mut self.tally;
         t.exchanges += 1;
         let sent = ex.requests_sent() as u64;
@@ -206,6 +213,7 @@ impl<'a> Peer<'a> {
         match ex.behaviour {
             Behaviour::HalfClose => t.half_closes += 1,
             Behaviour::Graceful => t.graceful += 1,
+            Behaviour::SlowRead => t.slow_reads += 1,
             Behaviour::KeepAlive => t.keep_alives += 1,
             Behaviour::Abort => t.aborted += 1,
             Behaviour::Reset => t.resets += 1,
@@ -218,8 +226,18 @@ impl<'a> Peer<'a> {
         }
         // Requests sent whose answer did not come (or came wrong).
         let missing = sent.saturating_sub(ex.answered as u64);
+        // A connection the proxy cut lost its answers to the proxy, not the server; a
+        // wrong answer is wrong all the same (a cut only ends a stream early).
+        let cut = self.proxy.is_some_and(|p| p.was_cut(s.local_port()));
         let (kind, why) = match outcome {
             Outcome::Ok => return State::Closed,
+            Outcome::Lost(_) | Outcome::Error(_) if cut => {
+                t.cut_exchanges += 1;
+                if ex.behaviour.checked() {
+                    t.cut += missing;
+                }
+                return State::Closed;
+            }
             Outcome::Lost(why) => {
                 t.lost += missing;
                 ("lost", why)

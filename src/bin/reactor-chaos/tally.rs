@@ -30,6 +30,7 @@ pub(crate) struct Tally {
     pub(crate) resets: u64,
     pub(crate) half_closes: u64,
     pub(crate) graceful: u64,
+    pub(crate) slow_reads: u64,
     pub(crate) keep_alives: u64,
     /// Connections opened.
     pub(crate) connections: u64,
@@ -37,6 +38,10 @@ pub(crate) struct Tally {
     pub(crate) unchecked: u64,
     /// Bytes of the answers checked.
     pub(crate) answer_bytes: u64,
+    /// Requests of checked exchanges whose answer never came because the fault proxy
+    /// cut their connection (`--faults`), and those exchanges.
+    pub(crate) cut: u64,
+    pub(crate) cut_exchanges: u64,
     /// The first failures of each kind, described: `<kind>: connection <n>: <what>`.
     pub(crate) failures: Vec<String>,
 }
@@ -53,10 +58,13 @@ impl AddAssign for Tally {
         self.resets += o.resets;
         self.half_closes += o.half_closes;
         self.graceful += o.graceful;
+        self.slow_reads += o.slow_reads;
         self.keep_alives += o.keep_alives;
         self.connections += o.connections;
         self.unchecked += o.unchecked;
         self.answer_bytes += o.answer_bytes;
+        self.cut += o.cut;
+        self.cut_exchanges += o.cut_exchanges;
         for f in o.failures {
             self.note(f, KEPT);
         }
