@@ -49,7 +49,9 @@ fn parse_args() -> Result<Args, String> {
                 args.buffer_size = positive("--buffer-size", &n)?;
             }
             "-h" | "--help" => {
-                println!("usage: tokio-echo [--addr HOST:PORT] [--threads N] [--buffer-size BYTES]");
+                println!(
+                    "usage: tokio-echo [--addr HOST:PORT] [--threads N] [--buffer-size BYTES]"
+                );
                 std::process::exit(0);
             }
             other => return Err(format!("unknown argument {other}")),
