@@ -78,13 +78,13 @@ values() {
 
 # median KEY FILE: the median of the values of KEY (nan if none).
 median() {
-    values "$1" "$2" | grep -v nan | sort -g |
+    values "$1" "$2" | { grep -v nan || true; } | sort -g |
         awk '{a[NR]=$1} END {if (NR == 0) print "nan"; else if (NR % 2) print a[(NR+1)/2]; else printf "%.3f\n", (a[NR/2] + a[NR/2+1]) / 2}'
 }
 
 # minmax KEY FILE: "min max" of the values of KEY (nan nan if none).
 minmax() {
-    values "$1" "$2" | grep -v nan | sort -g | awk 'NR == 1 {lo = $1} {hi = $1} END {if (NR == 0) print "nan nan"; else print lo, hi}'
+    values "$1" "$2" | { grep -v nan || true; } | sort -g | awk 'NR == 1 {lo = $1} {hi = $1} END {if (NR == 0) print "nan nan"; else print lo, hi}'
 }
 
 # write_nginx_conf FILE PORT DIR [TLSDIR]: one worker, no access log, keep-alive for ever,
