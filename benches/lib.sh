@@ -152,3 +152,15 @@ reactor_tls_args() {
 bench_tls_args() {
     printf '%s\n' --tls --ca "$1/ca.pem" --server-name localhost
 }
+
+# worker_of PID: nginx's worker, the first child of its master PID (waits up to 5 s for
+# it); fails if there is none.
+worker_of() {
+    local w
+    for _ in $(seq 50); do
+        w=$(pgrep -P "$1" | head -n 1 || true)
+        if [ -n "$w" ]; then echo "$w"; return 0; fi
+        sleep 0.1
+    done
+    return 1
+}

@@ -240,14 +240,10 @@ start_server() {
         return 1
     fi
     MEASURED_PID=$SERVER_PID
-    if [ "${name%-tls}" = nginx ]; then
-        MEASURED_PID=""
-        for _ in $(seq 50); do
-            MEASURED_PID=$(pgrep -P "$SERVER_PID" | head -n 1 || true)
-            [ -z "$MEASURED_PID" ] || break
-            sleep 0.1
-        done
-        if [ -z "$MEASURED_PID" ]; then log "no nginx worker"; stop_server; return 1; fi
+    if [ "${name%-tls}" = nginx ] && ! MEASURED_PID=$(worker_of "$SERVER_PID"); then
+        log "no nginx worker"
+        stop_server
+        return 1
     fi
 }
 

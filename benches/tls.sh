@@ -81,13 +81,9 @@ start() {
             measured_pid=""
             ;;
     esac
-    for _ in $(seq 100); do
-        if [ "$1" = nginx ]; then measured_pid=$(pgrep -P "$server_pid" | head -1 || true); fi
-        if [ -n "$measured_pid" ] && (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then
-            return
-        fi
-        sleep 0.1
-    done
+    if wait_port "$PORT" "$server_pid" && { [ "$1" != nginx ] || measured_pid=$(worker_of "$server_pid"); }; then
+        return
+    fi
     echo "tls.sh: $1 did not start" >&2
     exit 1
 }
