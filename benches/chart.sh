@@ -1,25 +1,48 @@
 #!/usr/bin/env bash
-# Draws benches/compare.sh's results as one SVG: reactor's and nginx's latency by
-# percentile (closed loop, log scale), and server memory per idle connection.
+# Draws benchmark results as SVG with gnuplot.
 #
-# Usage: benches/chart.sh REACTOR.hdr NGINX.hdr REACTOR_BYTES NGINX_BYTES TITLE OUT.svg
-#   *.hdr: reactor-bench --hdr-out files; *_BYTES: server bytes per idle connection.
+# benches/chart.sh REACTOR.hdr NGINX.hdr REACTOR_BYTES NGINX_BYTES TITLE OUT.svg
+#   benches/compare.sh's results: reactor's and nginx's latency by percentile (closed
+#   loop, log scale), and server memory per idle connection. *.hdr: reactor-bench
+#   --hdr-out files; *_BYTES: server bytes per idle connection.
+# benches/chart.sh --load DATA TITLE OUT.svg
+#   benches/perf.sh's open loop: p50 and p99 latency (log scale) against offered load
+#   for reactor and nginx. DATA: lines "offered_rps percent_of_nginx_max reactor_p50
+#   reactor_p99 reactor_p999 reactor_max nginx_p50 nginx_p99 nginx_p999 nginx_max" (ms).
 # Needs gnuplot (Debian: gnuplot-nox; installed if missing and running as root).
 set -euo pipefail
+# shellcheck source=benches/lib.sh
+. "$(dirname "$0")/lib.sh"
 
-if [ $# -ne 6 ]; then
-    sed -n '2,7p' "$0" >&2
-    exit 2
-fi
-reactor_hdr=$1 nginx_hdr=$2 reactor_bytes=$3 nginx_bytes=$4 title=$5 out=$6
-
+usage() { sed -n '2,12p' "$0" >&2; exit 2; }
 if ! command -v gnuplot >/dev/null 2>&1; then
-    if [ "$(id -u)" -ne 0 ]; then
-        echo "chart.sh: needs gnuplot (apt-get install gnuplot-nox)" >&2
-        exit 1
-    fi
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gnuplot-nox >/dev/null
+    install_missing gnuplot-nox || { echo "chart.sh: needs gnuplot (apt-get install gnuplot-nox)" >&2; exit 1; }
 fi
+
+if [ "${1:-}" = --load ]; then
+    [ $# -eq 4 ] || usage
+    data=$2 title=$3 out=$4
+    gnuplot <<GP
+set terminal svg size 800,480 dynamic font "sans,12" background rgb "white"
+set output "$out"
+set title "$title"
+set xlabel "offered load (requests/s, open loop)"
+set ylabel "latency (ms)"
+set logscale y 10
+set grid
+set key top left
+set xrange [0:*]
+plot "$data" using 1:4 with linespoints lw 2 pt 7 lc rgb "#1f77b4" title "reactor p99", \
+     "$data" using 1:3 with linespoints lw 1 dt 2 pt 6 lc rgb "#1f77b4" title "reactor p50", \
+     "$data" using 1:8 with linespoints lw 2 pt 5 lc rgb "#d62728" title "nginx p99", \
+     "$data" using 1:7 with linespoints lw 1 dt 2 pt 4 lc rgb "#d62728" title "nginx p50"
+GP
+    echo "chart.sh: wrote $out" >&2
+    exit 0
+fi
+
+[ $# -eq 6 ] || usage
+reactor_hdr=$1 nginx_hdr=$2 reactor_bytes=$3 nginx_bytes=$4 title=$5 out=$6
 
 bars=$(mktemp)
 trap 'rm -f "$bars"' EXIT

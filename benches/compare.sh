@@ -82,7 +82,7 @@ start_server() {
             taskset -c "$SERVER_CPU" "$NGINX" -c "$WORK/nginx.conf" -g 'daemon on;' -p "$WORK"
             wait_port "$port"
             # The worker does the work; measure it.
-            SERVER_PID=$(pgrep -P "$(cat "$WORK/nginx.pid")" | head -n 1)
+            SERVER_PID=$(worker_of "$(cat "$WORK/nginx.pid")")
             ;;
     esac
 }

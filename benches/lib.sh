@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# Helpers shared by the benchmark scripts (benches/compare.sh, benches/perf.sh).
+# Helpers shared by the benchmark scripts (benches/compare.sh, perf.sh, tls.sh, ab.sh).
 # Sourced, not run: `. benches/lib.sh` from the repository root.
 
 # install_missing PKG...: apt-get install the given Debian packages (as root only).
@@ -78,19 +78,27 @@ values() {
 
 # median KEY FILE: the median of the values of KEY (nan if none).
 median() {
-    values "$1" "$2" | grep -v nan | sort -g |
+    values "$1" "$2" | { grep -v nan || true; } | sort -g |
         awk '{a[NR]=$1} END {if (NR == 0) print "nan"; else if (NR % 2) print a[(NR+1)/2]; else printf "%.3f\n", (a[NR/2] + a[NR/2+1]) / 2}'
 }
 
 # minmax KEY FILE: "min max" of the values of KEY (nan nan if none).
 minmax() {
-    values "$1" "$2" | grep -v nan | sort -g | awk 'NR == 1 {lo = $1} {hi = $1} END {if (NR == 0) print "nan nan"; else print lo, hi}'
+    values "$1" "$2" | { grep -v nan || true; } | sort -g | awk 'NR == 1 {lo = $1} {hi = $1} END {if (NR == 0) print "nan nan"; else print lo, hi}'
 }
 
-# write_nginx_conf FILE PORT DIR: one worker, no access log, keep-alive for ever, the
-# same "Hello, World!" body as reactor --protocol http. Start it with
-# `nginx -c FILE -g 'daemon on;'` (or off); its pid file is DIR/nginx.pid.
+# write_nginx_conf FILE PORT DIR [TLSDIR]: one worker, no access log, keep-alive for ever,
+# the same "Hello, World!" body as reactor --protocol http. With TLSDIR (made by
+# make_tls_files) it serves TLS 1.2 and 1.3 on that certificate and reads its session
+# tickets from TLSDIR/ticket.key. Start it with `nginx -c FILE -g 'daemon on;'` (or off);
+# its pid file is DIR/nginx.pid.
 write_nginx_conf() {
+    local ssl="" tls=""
+    if [ -n "${4:-}" ]; then
+        ssl=" ssl"
+        tls="ssl_certificate $4/cert.pem; ssl_certificate_key $4/key.pem;
+        ssl_protocols TLSv1.2 TLSv1.3; ssl_session_ticket_key $4/ticket.key;"
+    fi
     mkdir -p "$3/nginx"
     cat >"$1" <<EOF
 worker_processes 1;
@@ -108,9 +116,51 @@ http {
     uwsgi_temp_path $3/nginx;
     scgi_temp_path $3/nginx;
     server {
-        listen 127.0.0.1:$2 backlog=4096;
+        listen 127.0.0.1:$2$ssl backlog=4096;
+        $tls
         location / { default_type text/plain; return 200 "Hello, World!"; }
     }
 }
 EOF
+}
+
+# make_tls_files DIR: an ECDSA P-256 CA (DIR/ca.pem) and a leaf for localhost and
+# 127.0.0.1 (DIR/cert.pem, the chain; DIR/key.pem), and one session-ticket key for both
+# servers (DIR/ticket.key, 48 bytes: nginx reads it as name, AES-128 key and HMAC key;
+# reactor as name and AES-256-GCM key).
+make_tls_files() {
+    (
+        cd "$1" || exit 1
+        ec=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes)
+        openssl req -x509 "${ec[@]}" -keyout ca.key -out ca.pem -days 2 -subj "/CN=bench CA" 2>/dev/null
+        openssl req "${ec[@]}" -keyout key.pem -out leaf.csr -subj /CN=localhost 2>/dev/null
+        printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n' >ext.cnf
+        openssl x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \
+            -extfile ext.cnf -out leaf.pem 2>/dev/null
+        cat leaf.pem ca.pem >cert.pem
+        openssl rand -out ticket.key 48
+        chmod 600 ticket.key
+    )
+}
+
+# reactor_tls_args DIR / bench_tls_args DIR: the flags, one a line (for mapfile), that
+# make reactor serve TLS with make_tls_files's certificate and ticket key, and that make
+# reactor-bench speak TLS to either server and check that certificate.
+reactor_tls_args() {
+    printf '%s\n' --tls-cert "$1/cert.pem" --tls-key "$1/key.pem" --tls-ticket-keys "$1/ticket.key"
+}
+bench_tls_args() {
+    printf '%s\n' --tls --ca "$1/ca.pem" --server-name localhost
+}
+
+# worker_of PID: nginx's worker, the first child of its master PID (waits up to 5 s for
+# it); fails if there is none.
+worker_of() {
+    local w
+    for _ in $(seq 50); do
+        w=$(pgrep -P "$1" | head -n 1 || true)
+        if [ -n "$w" ]; then echo "$w"; return 0; fi
+        sleep 0.1
+    done
+    return 1
 }

@@ -22,6 +22,8 @@
 # Environment: SERVER_CPU (0), CLIENT_CPU (1), IDLE_CONNS ("2000 10000").
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=benches/lib.sh
+. benches/lib.sh
 
 ROUNDS=3
 DURATION=10
@@ -43,9 +45,8 @@ done
 ulimit -n 20000 2>/dev/null || true
 
 cargo build --release --bins -q
-target=${CARGO_TARGET_DIR:-target}/release
-REACTOR=$target/reactor
-BENCH=$target/reactor-bench
+REACTOR=$(release_dir)/reactor
+BENCH=$(release_dir)/reactor-bench
 
 tmp=$(mktemp -d)
 server_pid=""
@@ -55,46 +56,13 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# The certificate: a CA and a leaf for localhost/127.0.0.1; cert.pem is the chain.
-(
-    cd "$tmp"
-    ec=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes)
-    openssl req -x509 "${ec[@]}" -keyout ca.key -out ca.pem -days 2 -subj "/CN=bench CA" 2>/dev/null
-    openssl req "${ec[@]}" -keyout key.pem -out leaf.csr -subj /CN=localhost 2>/dev/null
-    printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n' >ext.cnf
-    openssl x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \
-        -extfile ext.cnf -out leaf.pem 2>/dev/null
-    cat leaf.pem ca.pem >cert.pem
-)
-
-# One ticket key for both servers (48 bytes: nginx reads it as name, AES-128 key and
-# HMAC key; reactor as name and AES-256-GCM key).
-openssl rand -out "$tmp/ticket.key" 48
-chmod 600 "$tmp/ticket.key"
-
-PORT=18443
-cat >"$tmp/nginx.conf" <<EOF
-worker_processes 1;
-worker_rlimit_nofile 20000;
-daemon off;
-pid $tmp/nginx.pid;
-error_log $tmp/nginx-error.log;
-events { worker_connections 20000; }
-http {
-    access_log off;
-    keepalive_requests 100000000;
-    keepalive_timeout 300s;
-    client_body_temp_path $tmp;
-    server {
-        listen 127.0.0.1:$PORT ssl;
-        ssl_certificate $tmp/cert.pem;
-        ssl_certificate_key $tmp/key.pem;
-        ssl_protocols TLSv1.2 TLSv1.3;
-        ssl_session_ticket_key $tmp/ticket.key;
-        location / { default_type text/plain; return 200 "Hello, World!"; }
-    }
-}
-EOF
+# The certificate (a CA and a leaf for localhost/127.0.0.1) and one ticket key for both
+# servers; nginx's configuration is benches/compare.sh's with TLS (all from lib.sh).
+make_tls_files "$tmp"
+PORT=$(free_port)
+write_nginx_conf "$tmp/nginx.conf" "$PORT" "$tmp" "$tmp"
+mapfile -t reactor_tls < <(reactor_tls_args "$tmp")
+mapfile -t bench_tls < <(bench_tls_args "$tmp")
 
 # Starts server $1 (reactor|nginx); sets server_pid (to kill) and measured_pid (the
 # process that serves: nginx's worker).
@@ -102,25 +70,20 @@ start() {
     case "$1" in
         reactor)
             taskset -c "$SERVER_CPU" "$REACTOR" --addr "127.0.0.1:$PORT" --protocol http \
-                --threads 1 --tls-cert "$tmp/cert.pem" --tls-key "$tmp/key.pem" \
-                --tls-ticket-keys "$tmp/ticket.key" \
-                >"$tmp/reactor.log" 2>&1 &
+                --threads 1 "${reactor_tls[@]}" >"$tmp/reactor.log" 2>&1 &
             server_pid=$!
             measured_pid=$server_pid
             ;;
         nginx)
-            taskset -c "$SERVER_CPU" nginx -c "$tmp/nginx.conf" -e "$tmp/nginx-error.log" &
+            taskset -c "$SERVER_CPU" nginx -c "$tmp/nginx.conf" -g 'daemon off;' -p "$tmp" \
+                -e "$tmp/nginx-error.log" &
             server_pid=$!
             measured_pid=""
             ;;
     esac
-    for _ in $(seq 100); do
-        if [ "$1" = nginx ]; then measured_pid=$(pgrep -P "$server_pid" | head -1 || true); fi
-        if [ -n "$measured_pid" ] && (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then
-            return
-        fi
-        sleep 0.1
-    done
+    if wait_port "$PORT" "$server_pid" && { [ "$1" != nginx ] || measured_pid=$(worker_of "$server_pid"); }; then
+        return
+    fi
     echo "tls.sh: $1 did not start" >&2
     exit 1
 }
@@ -133,8 +96,8 @@ stop() {
 }
 
 bench() {
-    taskset -c "$CLIENT_CPU" "$BENCH" --addr "127.0.0.1:$PORT" --tls --ca "$tmp/ca.pem" \
-        --server-name localhost --json --quiet --server-pid "$measured_pid" "$@"
+    taskset -c "$CLIENT_CPU" "$BENCH" --addr "127.0.0.1:$PORT" "${bench_tls[@]}" --json --quiet \
+        --server-pid "$measured_pid" "$@"
 }
 
 # results: lines "server figure value"
