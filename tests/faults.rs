@@ -14,11 +14,11 @@ mod common;
 #[allow(dead_code)]
 #[path = "../src/bin/reactor-chaos/faults.rs"]
 mod faults;
+#[path = "../src/bin/reactor-chaos/rng.rs"]
+mod rng;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
+use std::net::TcpStream;
 use std::time::Duration;
 
 use common::*;
@@ -120,12 +120,13 @@ fn case(proto: &str, mode: Mode, certs: Option<&TestCerts>) -> String {
         Mode::Pool => ("--workers 2 --work spin:20us".to_string(), String::new()),
     };
     let srv = Server::start(&format!("--protocol {proto} --threads 2 {server_mode}"));
-    let v = chaos(
+    let v = run_chaos(
         srv.addr,
         &format!(
             "--protocol {proto} --conns {CONNS} --duration {SECONDS} --max-pipeline 8 \
              --max-payload 300 {chaos_mode} --faults {FAULTS}"
         ),
+        CHAOS_DEADLINE,
     );
     let n = |v: &Value, k: &str| {
         v[k].as_u64()
@@ -157,12 +158,13 @@ fn case(proto: &str, mode: Mode, certs: Option<&TestCerts>) -> String {
     );
 
     // Still serving: a clean run, without faults, where every answer must come.
-    let clean = chaos(
+    let clean = run_chaos(
         srv.addr,
         &format!(
             "--protocol {proto} --conns 2 --duration 200ms --max-pipeline 4 \
              --behaviours graceful,keep-alive,half-close {chaos_mode}"
         ),
+        CHAOS_DEADLINE,
     );
     let cctx = format!("clean run after {ctx}: {clean}");
     assert_eq!(clean["ok"], true, "{cctx}");
@@ -262,44 +264,6 @@ fn case(proto: &str, mode: Mode, certs: Option<&TestCerts>) -> String {
         c["requests"],
         n(&clean, "answers"),
     )
-}
-
-/// Runs reactor-chaos against `addr` with `args`; its JSON summary. Killed past
-/// [`CHAOS_DEADLINE`].
-fn chaos(addr: SocketAddr, args: &str) -> Value {
-    let child = Command::new(env!("CARGO_BIN_EXE_reactor-chaos"))
-        .args(["--addr", &addr.to_string(), "--json"])
-        .args(args.split_whitespace())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start reactor-chaos");
-    let pid = child.id() as i32;
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    let out = match rx.recv_timeout(CHAOS_DEADLINE) {
-        Ok(out) => out.expect("reactor-chaos ran"),
-        Err(_) => {
-            // SAFETY: kill(2) on our own child's pid, not yet reaped (the waiting
-            // thread has not returned).
-            unsafe {
-                libc::kill(pid, libc::SIGKILL);
-            }
-            panic!("reactor-chaos {args} did not finish in {CHAOS_DEADLINE:?}");
-        }
-    };
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    eprintln!("{stderr}");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "reactor-chaos {args} failed:\n{stderr}{stdout}"
-    );
-    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("JSON summary {stdout:?}: {e}"))
 }
 
 /// One request of `proto` (http or json) and the check of its answer, on the wire

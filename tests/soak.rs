@@ -7,13 +7,11 @@ mod common;
 
 use std::io::Read;
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::Duration;
 
 use common::*;
 use reactor::wire;
-use serde_json::Value;
 
 /// Connections per run, and how long each starts new exchanges.
 const CONNS: u64 = 200;
@@ -89,7 +87,11 @@ fn soak_every_protocol_under_chaos_loses_nothing() {
 /// One run: a server, chaos against it, the checks. Returns the figures, to print.
 fn soak(proto: &str, args: &str) -> String {
     let mut srv = start(args);
-    let v = chaos(srv.addr, proto);
+    let v = run_chaos(
+        srv.addr,
+        &format!("--protocol {proto} --conns {CONNS} --duration {SECONDS}s"),
+        CHAOS_DEADLINE,
+    );
     let n = |k: &str| {
         v[k].as_u64()
             .unwrap_or_else(|| panic!("{k} in the summary: {v}"))
@@ -167,44 +169,6 @@ fn soak(proto: &str, args: &str) -> String {
         c["accepted"],
         c["requests"],
     )
-}
-
-/// Runs reactor-chaos against `addr`; its JSON summary. Killed past [`CHAOS_DEADLINE`].
-fn chaos(addr: SocketAddr, proto: &str) -> Value {
-    let child = Command::new(env!("CARGO_BIN_EXE_reactor-chaos"))
-        .args(["--addr", &addr.to_string(), "--protocol", proto])
-        .args(["--conns", &CONNS.to_string()])
-        .args(["--duration", &format!("{SECONDS}s"), "--json"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start reactor-chaos");
-    let pid = child.id() as i32;
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    let out = match rx.recv_timeout(CHAOS_DEADLINE) {
-        Ok(out) => out.expect("reactor-chaos ran"),
-        Err(_) => {
-            // SAFETY: kill(2) on our own child's pid, not yet reaped (the waiting
-            // thread has not returned).
-            unsafe {
-                libc::kill(pid, libc::SIGKILL);
-            }
-            panic!("reactor-chaos {proto} did not finish in {CHAOS_DEADLINE:?}");
-        }
-    };
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    eprintln!("{stderr}");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "reactor-chaos {proto} failed:\n{stderr}{stdout}"
-    );
-    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("JSON summary {stdout:?}: {e}"))
 }
 
 /// One request on a fresh connection, its answer checked with the wire module.

@@ -571,3 +571,42 @@ pub fn tcp_table() -> Vec<TcpRow> {
         })
         .collect()
 }
+
+/// Runs `reactor-chaos --addr ADDR --json ARGS` and returns its JSON summary; fails the
+/// test if it reports a loss (exit status not 0) or runs past `deadline` (then it is
+/// killed).
+pub fn run_chaos(addr: SocketAddr, args: &str, deadline: Duration) -> serde_json::Value {
+    let child = Command::new(env!("CARGO_BIN_EXE_reactor-chaos"))
+        .args(["--addr", &addr.to_string(), "--json"])
+        .args(args.split_whitespace())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start reactor-chaos");
+    let pid = child.id() as i32;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let out = match rx.recv_timeout(deadline) {
+        Ok(out) => out.expect("reactor-chaos ran"),
+        Err(_) => {
+            // SAFETY: kill(2) on our own child's pid, not yet reaped (the waiting
+            // thread has not returned).
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+            panic!("reactor-chaos {args} did not finish in {deadline:?}");
+        }
+    };
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("{stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "reactor-chaos {args} failed:\n{stderr}{stdout}"
+    );
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("JSON summary {stdout:?}: {e}"))
+}

@@ -29,6 +29,16 @@ impl Rng {
         x.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
 
+    /// A number in `[0, 1)`.
+    pub(crate) fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// True with probability `p`.
+    pub(crate) fn chance(&mut self, p: f64) -> bool {
+        p > 0.0 && self.unit() < p
+    }
+
     /// A number in `lo..=hi` (`lo` if `hi < lo`).
     pub(crate) fn range(&mut self, lo: usize, hi: usize) -> usize {
         if hi <= lo {
