@@ -66,7 +66,12 @@ impl BufferPool {
             return;
         }
         buf.reserve(BUF_SIZE);
-        self.free.push(buf);
+        if buf.capacity() <= KEEP_MAX {
+            self.free.push(buf);
+        } else {
+            // Not reclaimed in place (a shared buffer, say): `reserve` allocated.
+            self.freed += buf.capacity();
+        }
     }
 
     /// Frees idle buffers beyond `keep`: after a burst, the spares it left behind go

@@ -314,14 +314,14 @@ pub struct Config {
     #[cfg_attr(feature = "cli", arg(long, default_value_t = 1024 * 1024))]
     pub max_input: usize,
 
-    /// The most heap memory the process may hold for its connections (their buffers,
-    /// partial requests, HTTP bodies being collected, answers and pushes waiting to be
-    /// sent): "64MiB", "1GiB", "500000" (bytes; KiB, MiB, GiB accepted; 0 = no
-    /// budget). Past it, a connection still owing its peer output is not read until the
-    /// heap is back under the budget; one that owes nothing (its peer keeps up) is read
-    /// as before. Nothing accepted is dropped. Needs the counting allocator,
-    /// `reactor::memory::Counted`, as the program's global allocator (the `reactor`
-    /// binary has it).
+    /// The most heap memory the process may hold (its connections' buffers, partial
+    /// requests, HTTP bodies being collected, answers and pushes waiting to be sent,
+    /// and its own tables): "64MiB", "1GiB", "500000" (bytes; KiB, MiB, GiB accepted;
+    /// 0 = no budget). Past it, a connection that holds or owes anything is not read
+    /// until the heap is back under 7/8 of the budget; one that holds nothing and
+    /// whose peer has taken every byte is still read, 4 KB at a time. The budget
+    /// drops nothing. Needs the counting allocator, `reactor::memory::Counted`, as the
+    /// program's global allocator (the `reactor` binary has it).
     #[cfg_attr(feature = "cli", arg(long, default_value = "0", value_parser = parse_bytes))]
     pub max_buffer_memory: u64,
 

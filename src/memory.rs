@@ -4,11 +4,12 @@
 //! Why the heap and not a sum over connections: what a connection holds lives in many
 //! places (its input and output buffers, answers waiting for the worker pool, a TLS
 //! session, an HTTP body being collected, pushes waiting in a shard's inbox) and changes
-//! size in each of them. A counter at the allocator sees all of it, exactly, and costs
+//! size in each of them. A counter at the allocator sees all of it and costs
 //! one relaxed atomic add per allocation; a sum kept by hand would have to be mended at
-//! every place a buffer grows. The price is that the budget also counts the server's
-//! own structures (a few MiB: the connection table, each thread's idle buffers), which
-//! `reactor_buffer_memory_bytes` shows at rest.
+//! every place a buffer grows. It counts the sizes asked for, not the allocator's own
+//! overhead, and memory reserved whether touched or not; the budget also counts the
+//! server's own structures (under 1 MB at rest with a budget, when the connection
+//! table is not reserved up front), which `reactor_buffer_memory_bytes` shows.
 //!
 //! The `reactor` binary installs it. A program of its own that sets a budget installs
 //! it too, in its `main.rs`:

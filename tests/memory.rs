@@ -11,8 +11,17 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
+/// The tests here each hold thousands of connections and move hundreds of MB: one at a
+/// time, so that on a loaded machine none waits on the others' load.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 #[test]
 fn memory_taken_by_a_crowd_of_non_readers_is_given_back() {
+    let _one = one_at_a_time();
     raise_fd_limit();
     let srv = Server::start("--protocol echo --threads 1 --stats-interval 1s");
     let start = srv.rss_kib();
@@ -26,7 +35,7 @@ fn memory_taken_by_a_crowd_of_non_readers_is_given_back() {
     }
     // Each writes until nothing more is taken: its echo fills the kernel's buffers and
     // the server's output for it, up to the mark, and the server stops reading it.
-    let end = Instant::now() + DEADLINE;
+    let end = Instant::now() + DEADLINE * 3;
     for c in &crowd {
         let mut blocked = 0;
         while blocked < 3 {
@@ -83,11 +92,13 @@ fn pattern(i: usize, offset: usize) -> u8 {
 
 #[test]
 fn a_memory_budget_bounds_a_crowd_of_non_readers_and_serves_everyone() {
+    let _one = one_at_a_time();
     raise_fd_limit();
     const BUDGET_MIB: u64 = 16;
     const CONNS: usize = 5000;
     let srv = Server::start(&format!(
-        "--protocol echo --threads 2 --stats-interval 1s --max-buffer-memory {BUDGET_MIB}MiB"
+        "--protocol echo --threads 2 --stats-interval 1s --max-buffer-memory {BUDGET_MIB}MiB \
+         --write-timeout 0 --idle-timeout 0"
     ));
     let start = srv.rss_kib();
     // A crowd that pipelines and does not read: each writes what the kernel takes (up
@@ -200,4 +211,107 @@ fn a_memory_budget_bounds_a_crowd_of_non_readers_and_serves_everyone() {
         last["bytes_out"], last["bytes_in"],
         "every byte read was echoed"
     );
+}
+
+/// While the budget is spent (a crowd of HTTP clients behind PROXY headers that
+/// pipeline and never read), the server still takes in a new connection and its PROXY
+/// header and answers it, closes a connection it answered with an error once its linger
+/// is over, and closes connections whose peers reset with answers unacknowledged: none
+/// of them may wait for a resume that a crowd that never reads will not allow.
+#[test]
+fn a_spent_budget_still_serves_new_peers_and_closes_errors_and_resets() {
+    let _one = one_at_a_time();
+    raise_fd_limit();
+    const CONNS: usize = 300;
+    let srv = Server::start(
+        "--protocol http --threads 1 --stats-interval 200ms --max-buffer-memory 2MiB \
+         --proxy-protocol v1 --write-timeout 0 --idle-timeout 0",
+    );
+    let header = |port: u16| format!("PROXY TCP4 10.1.2.3 127.0.0.1 {port} 80\r\n");
+    let mut gets = String::new();
+    while gets.len() < 256 * 1024 {
+        gets.push_str("GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    }
+    let fill = |c: &TcpStream, first: &[u8]| {
+        let mut sent = 0;
+        let mut blocked = 0;
+        let data = [first, gets.as_bytes()].concat();
+        let end = Instant::now() + DEADLINE;
+        while sent < data.len() && blocked < 3 && Instant::now() < end {
+            match (&*c).write(&data[sent..]) {
+                Ok(n) => {
+                    sent += n;
+                    blocked = 0;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    blocked += 1;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+    };
+    let mut crowd = Vec::new();
+    for i in 0..CONNS {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        s.set_recv_buffer_size(4096).unwrap();
+        s.connect(&srv.addr.into()).unwrap();
+        s.set_nonblocking(true).unwrap();
+        let c = TcpStream::from(s);
+        fill(&c, header(10_000 + i as u16).as_bytes());
+        crowd.push(c);
+    }
+    srv.wait_for_stats(|c| c.get("memory_pauses").is_some_and(|&p| p > 0))
+        .expect("the budget was reached: reading paused");
+    let base = srv
+        .wait_for_stats(|c| c["open"] == CONNS as u64)
+        .expect("the crowd is held, none closed")["closed"];
+
+    // A new peer: its PROXY header is read and its request answered.
+    let mut c = connect(srv.addr);
+    send(
+        &mut c,
+        format!(
+            "{}GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            header(9000)
+        )
+        .as_bytes(),
+    );
+    let resp = read_response(&mut std::io::BufReader::new(&mut c));
+    assert_eq!(
+        resp.status, 200,
+        "a new peer is served while the budget is spent"
+    );
+
+    // Peers answered with an error (their connections linger) that read the answer to
+    // its end and close: their connections are closed, not held for a resume.
+    for i in 0..5 {
+        let mut e = connect(srv.addr);
+        send(
+            &mut e,
+            format!("{}BAD\r\n\r\n", header(9100 + i)).as_bytes(),
+        );
+        let (answer, closed) = read_to_close(&mut e);
+        assert!(closed && answer.starts_with(b"HTTP/1.1 400"), "{answer:?}");
+    }
+    // Peers that pipeline, stop reading, then reset with answers unacknowledged.
+    for i in 0..5 {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        s.set_recv_buffer_size(4096).unwrap();
+        s.connect(&srv.addr.into()).unwrap();
+        s.set_nonblocking(true).unwrap();
+        let r = TcpStream::from(s);
+        fill(&r, header(9200 + i).as_bytes());
+        socket2::SockRef::from(&r)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        drop(r);
+    }
+    let after = srv
+        .wait_for_stats(|c| c["open"] == CONNS as u64 && c["closed"] >= base + 11)
+        .expect("the new peer, the error answers and the resets are all closed");
+    assert!(after["memory_pauses"] >= 1);
+    drop(crowd);
+    let (status, _) = srv.stop();
+    assert_eq!(status.code(), Some(0));
 }

@@ -44,6 +44,8 @@ const SCRATCH: usize = 64 * 1024;
 /// An answer at most this large, written whole in the drive that read its request, may
 /// end its connection with a plain close (see the close in `drive`).
 const QUICK_CLOSE_MAX: u64 = 16 * 1024;
+/// While the memory budget is spent, the most one read takes from a connection.
+const PAUSED_READ: usize = 4096;
 /// The starting size of the shard's output scratch (it grows if a decode needs more).
 const OUT_SCRATCH: usize = 64 * 1024;
 
@@ -166,8 +168,9 @@ pub(crate) struct ConnIo<H: Handler> {
     pub stats: Counters,
     /// Connections to drive again this turn (read budget used up, room freed).
     pub requeue: Vec<usize>,
-    /// Reading is stopped shard-wide (a memory budget): no socket is read, and a
-    /// connection that would have read waits in `parked` until reading resumes.
+    /// The memory budget is spent: only connections that hold nothing and owe their
+    /// peer nothing are read (`owes_nothing`), in small pieces; one that would have
+    /// read otherwise waits in `parked` until reading resumes.
     pub paused: bool,
     pub parked: Vec<usize>,
     pub draining: bool,
@@ -235,8 +238,8 @@ impl<H: Handler> ConnIo<H> {
         key: usize,
         read_to_block: bool,
     ) -> Result<(), Close> {
-        if self.paused && matches!(conn.stage, Stage::Lingering | Stage::Proxy) {
-            // These stages only read.
+        if self.paused && conn.stage == Stage::Lingering {
+            // A linger only reads (and drops). Its deadline still closes it.
             self.park(conn, key);
             return Ok(());
         }
@@ -298,7 +301,7 @@ impl<H: Handler> ConnIo<H> {
                 self.paused = true;
                 self.stats.memory_pauses += 1;
             }
-            if self.paused && !owes_nothing(sock, conn) {
+            if self.paused && !owes_nothing(sock, conn) && !sock.dead() {
                 // Bytes may wait in the socket: driven again when reading resumes.
                 // A connection whose peer has taken every byte is still read: its
                 // answers go straight to the socket and hold no memory (see
@@ -306,17 +309,24 @@ impl<H: Handler> ConnIo<H> {
                 self.park(conn, key);
                 break;
             }
+            // While the budget is spent, small reads: what one read's answers can
+            // leave behind if the peer stops taking them is bounded by it.
+            let room = if self.paused {
+                PAUSED_READ
+            } else {
+                self.scratch.len()
+            };
             let Read {
                 raw,
                 plain: n,
                 short,
                 eof,
             } = match conn.tls() {
-                None => match sock.read(&mut self.scratch) {
+                None => match sock.read(&mut self.scratch[..room]) {
                     Ok(n) => Read {
                         raw: n,
                         plain: n,
-                        short: n < self.scratch.len(),
+                        short: n < room,
                         eof: n == 0,
                     },
                     Err(e) if would_block(&e) => {
@@ -1048,18 +1058,20 @@ impl<H: Handler> ConnIo<H> {
     }
 }
 
-/// Serving, past its TLS handshake, and the protocol not yet told.
-#[inline]
-/// While the memory budget is spent, whether a connection may still be read: it owes
-/// its peer nothing (no output, no answer waiting for the worker pool) and the kernel
-/// holds nothing of it unacknowledged, so its peer reads as fast as it is answered. An
-/// answer to what it sends now goes into an empty socket and holds no memory; a peer
-/// that pipelines and does not read stops being read at its first unread answer, as
-/// the budget demands. The kernel's queue is asked only while the budget is spent.
-fn owes_nothing<S, K: Socket>(sock: &K, conn: &Conn<S>) -> bool {
-    conn.output().is_none() && conn.jobs().is_none() && sock.unsent() == 0
+/// While the memory budget is spent, whether a connection may still be read: it holds
+/// nothing (no partial request, no output, no answer waiting for the worker pool) and
+/// the kernel holds nothing of it unacknowledged, so its peer reads as fast as it is
+/// answered. What it sends now is read in small pieces (`PAUSED_READ`), and their
+/// answers go into an empty socket; a peer that pipelines and does not read stops
+/// being read at its first unread answer, and one that sends a request in pieces (a
+/// large body, a slow client) waits, as the budget demands. The kernel's queue is
+/// asked only while the budget is spent.
+pub(super) fn owes_nothing<S, K: Socket>(sock: &K, conn: &Conn<S>) -> bool {
+    conn.input().is_none() && conn.output().is_none() && conn.jobs().is_none() && sock.unsent() == 0
 }
 
+/// Serving, past its TLS handshake, and the protocol not yet told.
+#[inline]
 fn awaits_open<S>(conn: &Conn<S>) -> bool {
     !conn.has(OPENED) && conn.stage == Stage::Serving && !conn.tls().is_some_and(|t| t.handshaking)
 }

@@ -126,12 +126,13 @@ pub(crate) trait Core {
     fn driver_counts(&mut self, rejected: u64, fd_errors: u64);
     /// The loop ends: the final counters are published.
     fn finish(&mut self);
-    /// Stop reading every connection of the shard (a process-wide memory budget is
-    /// spent): answers already decoded still go out, jobs still complete, timers
-    /// fire, except those that would blame the peer for bytes we are not reading
-    /// (idle, read, PROXY header, linger), which wait for the resume; no socket is
-    /// read, not even to discard a lingering peer's bytes, until
-    /// [`resume_reading`](Core::resume_reading).
+    /// Stop reading the connections of the shard that hold or owe anything (a
+    /// process-wide memory budget is spent): only a connection that holds nothing and
+    /// whose peer has taken every byte is read, in small pieces (a PROXY header too);
+    /// answers already decoded still go out, jobs still complete, timers fire, except
+    /// a read timeout (its bytes may wait unread), which waits for the resume, and an
+    /// idle timeout, judged after a read; a lingering connection is not read but its
+    /// deadline still closes it. Until [`resume_reading`](Core::resume_reading).
     /// A drain resumes reading: requests in flight must be served.
     #[cfg_attr(not(test), allow(dead_code))] // the memory budget's; the simulation's now
     fn pause_reading(&mut self);
@@ -196,7 +197,12 @@ impl<H: Handler> Shard<H> {
     ) -> Self {
         // Room for every connection up front: pages never written cost nothing, and a
         // slab or wheel that never grows never leaves an old copy's pages in the heap.
-        let room = set.max_conns.min(MAX_RESERVED);
+        // Not with a memory budget, which counts what is reserved, touched or not.
+        let room = if set.memory_limit > 0 {
+            0
+        } else {
+            set.max_conns.min(MAX_RESERVED)
+        };
         let mut wheel = TimerWheel::new(SLOTS, TICK_MS);
         wheel.reserve(room);
         let mut io = ConnIo::new(handler, set, wheel);
@@ -316,17 +322,33 @@ impl<H: Handler> Shard<H> {
                 self.drive(sockets, key);
                 continue;
             }
-            if self.io.paused
-                && matches!(
-                    conn.phase(),
-                    Phase::Proxy | Phase::Linger | Phase::Reading | Phase::Idle
-                )
-            {
-                // A deadline for the peer's bytes, which may be waiting unread while
-                // reading is paused: judged when reading resumes, after a read.
+            if self.io.paused && conn.phase() == Phase::Reading {
+                // A request in progress, whose next bytes may be waiting unread while
+                // the budget keeps it from being read: judged when reading resumes.
                 self.io.park(conn, key);
                 continue;
             }
+            if self.io.paused && conn.phase() == Phase::Idle && !conn.has(PARKED) {
+                // An idle connection is read even while paused, unless its peer has
+                // not taken its last answer: a drive reads what may have come (or
+                // parks it), and the deadline is judged after that.
+                self.drive(sockets, key);
+                match self.conns.get_mut(key) {
+                    Some(conn) if !conn.has(PARKED) => match conn.deadline(&timeouts, now) {
+                        Some(d) if d <= now && conn.phase() == Phase::Idle => {}
+                        _ => {
+                            self.io.arm(conn, key);
+                            continue;
+                        }
+                    },
+                    _ => continue,
+                }
+            } else if self.io.paused && conn.phase() == Phase::Idle {
+                continue;
+            }
+            let Some(conn) = self.conns.get_mut(key) else {
+                continue;
+            };
             let why = match conn.phase() {
                 Phase::Proxy => Close::Proxy(Refusal::Timeout),
                 Phase::Held => {
@@ -477,6 +499,8 @@ impl<H: Handler> Shard<H> {
                 let parked = std::mem::take(&mut self.io.parked);
                 for key in parked {
                     match self.conns.get_mut(key) {
+                        // A key closed and reused since it was parked: not parked.
+                        Some(conn) if !conn.has(PARKED) => {}
                         Some(conn) if conn.output().is_none() && conn.jobs().is_none() => {
                             conn.set(PARKED, false);
                             self.drive(sockets, key);

@@ -44,6 +44,12 @@ pub trait Socket {
     fn unsent(&self) -> usize {
         0
     }
+    /// Whether the connection is known to be over (reset by the peer, or given up by
+    /// the kernel): reading it costs nothing and tells its fate. Asked only while a
+    /// memory budget keeps the connection from being read.
+    fn dead(&self) -> bool {
+        false
+    }
 }
 
 /// The driver's sockets. Each connection carries a 32-bit handle of the driver's (a

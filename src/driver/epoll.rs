@@ -27,6 +27,30 @@ use crate::listener::{Accepted, DeadPeer, Listener, configure_accepted};
 
 pub(crate) const WAKER: Token = Token(usize::MAX);
 
+/// TCP states (linux/tcp_states.h) the driver asks about.
+const TCP_ESTABLISHED: u8 = 1;
+const TCP_CLOSE: u8 = 7;
+const TCP_CLOSE_WAIT: u8 = 8;
+
+/// A TCP socket's state, `None` for a socket that is not TCP (a Unix socket).
+fn tcp_state(fd: RawFd) -> Option<u8> {
+    // SAFETY: an all-zero tcp_info is a valid value of the plain C struct.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `info`, which is that large;
+    // the descriptor is the connection's, open while lent.
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
+    };
+    (r == 0).then_some(info.tcpi_state)
+}
+
 /// At most this many accept turns (each a budget of connections) empty the accept queue
 /// before a drain closes the listener.
 const MAX_FINAL_ACCEPTS: usize = 64;
@@ -71,7 +95,22 @@ impl Socket for MioSock<'_> {
         // SAFETY: TIOCOUTQ (SIOCOUTQ) writes one int, the send queue's length, into
         // `n`; the descriptor is the connection's, open while lent.
         let r = unsafe { libc::ioctl(self.stream.as_raw_fd(), libc::TIOCOUTQ, &mut n) };
-        if r == 0 { n.max(0) as usize } else { 0 }
+        if r != 0 || n <= 0 {
+            return 0;
+        }
+        // After a reset (or the kernel giving the peer up) the queue still reports what
+        // was never acknowledged, though nothing is owed any more: the socket must be
+        // read to learn its fate.
+        if tcp_state(self.stream.as_raw_fd())
+            .is_some_and(|st| !matches!(st, TCP_ESTABLISHED | TCP_CLOSE_WAIT))
+        {
+            return 0;
+        }
+        n as usize
+    }
+
+    fn dead(&self) -> bool {
+        tcp_state(self.stream.as_raw_fd()) == Some(TCP_CLOSE)
     }
 
     fn shutdown_write(&mut self) {

@@ -727,12 +727,7 @@ impl<H: Handler> Sim<H> {
         let mut pipes: HashMap<usize, Pipe> = self.net.closed.drain(..).collect();
         for (key, why) in closes {
             trace(self.now, key, format_args!("closed: {why:?}"));
-            if self.net.paused
-                && matches!(
-                    why,
-                    Close::IdleTimeout | Close::ReadTimeout | Close::Proxy(Refusal::Timeout)
-                )
-            {
+            if self.net.paused && why == Close::ReadTimeout {
                 return Err(format!(
                     "key {key} closed for {why:?} while reading is paused: its bytes may be \
                      waiting unread"
@@ -744,6 +739,16 @@ impl<H: Handler> Sim<H> {
             let pipe = pipes
                 .remove(&key)
                 .ok_or_else(|| format!("key {key} closed without its socket"))?;
+            if self.net.paused
+                && matches!(why, Close::IdleTimeout | Close::Proxy(Refusal::Timeout))
+                && !pipe.to_server.is_empty()
+            {
+                return Err(format!(
+                    "key {key} closed for {why:?} while reading is paused, with {} bytes \
+                     unread",
+                    pipe.to_server.len()
+                ));
+            }
             c.gone = true;
             if !c.reset {
                 c.receive(&pipe.to_client).map_err(|e| {
