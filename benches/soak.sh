@@ -356,6 +356,7 @@ declare -A final_metrics
 declare -A running
 for s in "${servers[@]}"; do
     final_metrics[$s]=$(scrape_metrics "${mport[$s]}" || true)
+    echo "${final_metrics[$s]}" >"$out/logs/metrics-$s.txt"
     running[$s]=0
     if kill -TERM "${pid[$s]}" 2>/dev/null; then running[$s]=1; fi
 done
