@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# Helpers shared by the benchmark scripts (benches/compare.sh, perf.sh, tls.sh, ab.sh).
+# Helpers shared by the benchmark scripts (benches/compare.sh, perf.sh, tls.sh, ab.sh, soak.sh).
 # Sourced, not run: `. benches/lib.sh` from the repository root.
 
 # install_missing PKG...: apt-get install the given Debian packages (as root only).
@@ -71,6 +71,14 @@ json_num() {
         END {if (!found) print "nan"}' <<<"$1"
 }
 
+# json_get JSON KEY: the first number of "KEY": in JSON, one line or pretty printed
+# (reactor-chaos --json, reactor-bench --json), or nan if absent or null.
+json_get() {
+    local v
+    v=$(grep -o "\"$2\": *[-0-9.eE+]*" <<<"$1" | head -n 1 | sed 's/.*: *//')
+    echo "${v:-nan}"
+}
+
 # values KEY FILE: the values of the lines "KEY value" of FILE (KEY may have spaces).
 values() {
     awk -v k="$1" '{v = $NF; $NF = ""; sub(/ +$/, ""); if ($0 == k) print v}' "$2"
@@ -131,15 +139,37 @@ EOF
 make_tls_files() {
     (
         cd "$1" || exit 1
-        ec=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes)
-        openssl req -x509 "${ec[@]}" -keyout ca.key -out ca.pem -days 2 -subj "/CN=bench CA" 2>/dev/null
-        openssl req "${ec[@]}" -keyout key.pem -out leaf.csr -subj /CN=localhost 2>/dev/null
+        openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+            -keyout ca.key -out ca.pem -days 2 -subj "/CN=bench CA" 2>/dev/null
+    ) || return 1
+    issue_tls_leaf "$1" && new_ticket_key "$1"
+}
+
+# issue_tls_leaf DIR: a new key and leaf certificate for localhost and 127.0.0.1, signed
+# by make_tls_files's CA in DIR (DIR/key.pem, DIR/cert.pem: the leaf then the CA). Each
+# file is written aside and renamed into place, so a reader never sees half of one.
+issue_tls_leaf() {
+    (
+        cd "$1" || exit 1
+        openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+            -keyout key.new -out leaf.csr -subj /CN=localhost 2>/dev/null
         printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n' >ext.cnf
         openssl x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \
             -extfile ext.cnf -out leaf.pem 2>/dev/null
-        cat leaf.pem ca.pem >cert.pem
-        openssl rand -out ticket.key 48
-        chmod 600 ticket.key
+        cat leaf.pem ca.pem >cert.new
+        mv key.new key.pem
+        mv cert.new cert.pem
+    )
+}
+
+# new_ticket_key DIR: a new 48-byte session-ticket key in DIR/ticket.key (mode 0600),
+# renamed into place.
+new_ticket_key() {
+    (
+        cd "$1" || exit 1
+        openssl rand -out ticket.new 48
+        chmod 600 ticket.new
+        mv ticket.new ticket.key
     )
 }
 
@@ -164,3 +194,31 @@ worker_of() {
     done
     return 1
 }
+
+# parse_duration SPEC: SPEC ("90", "90s", "30m", "2h") in seconds; fails on anything else.
+parse_duration() {
+    [[ $1 =~ ^([0-9]+)([smh]?)$ ]] || return 1
+    local n=$((10#${BASH_REMATCH[1]}))
+    case ${BASH_REMATCH[2]} in
+        m) echo $((n * 60)) ;;
+        h) echo $((n * 3600)) ;;
+        *) echo "$n" ;;
+    esac
+}
+
+# scrape_metrics PORT: the Prometheus text of reactor's --metrics-addr 127.0.0.1:PORT.
+scrape_metrics() { curl -sf --max-time 5 "http://127.0.0.1:$1/metrics"; }
+
+# metric TEXT NAME [LABEL]: the sum of metric NAME's samples in TEXT (scrape_metrics's)
+# over every label set, or only those whose labels contain LABEL (`result="ok"`); 0 if none.
+metric() {
+    awk -v n="$2" -v l="${3:-}" '/^#/ {next}
+        {name = $1; sub(/[{].*/, "", name); if (name == n && (l == "" || index($1, l))) s += $2}
+        END {printf "%.0f\n", s}' <<<"$1"
+}
+
+# proc_status PID FIELD: the number of FIELD in /proc/PID/status (VmRSS in KiB, Threads).
+proc_status() { awk -v f="$2:" '$1 == f {print $2}' "/proc/$1/status"; }
+
+# fd_count PID: the process's open file descriptors.
+fd_count() { find "/proc/$1/fd" -mindepth 1 -maxdepth 1 | wc -l; }

@@ -426,6 +426,7 @@ fn scripts_are_shellcheck_clean() {
         "benches/tls.sh",
         "benches/perf.sh",
         "benches/ab.sh",
+        "benches/soak.sh",
         "benches/lib.sh",
         "deploy/reload.sh",
         ".ci/run",
