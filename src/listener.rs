@@ -330,23 +330,11 @@ mod tests {
     #[cfg(target_os = "linux")]
     fn accepted_sockets_inherit_the_listeners_options() {
         let l = bind("127.0.0.1:0".parse().unwrap(), 16).unwrap();
-        let dead = DeadPeer {
-            keepalive: Some((Duration::from_secs(42), Duration::from_secs(7), 4)),
-            user_timeout: Some(Duration::from_millis(9500)),
-        };
+        let dead = SAMPLE;
         configure_listener(&l, dead).unwrap();
         let _c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
         let s = accept_one(&l);
-        let r = SockRef::from(&s);
-        assert!(r.tcp_nodelay().unwrap());
-        assert!(r.keepalive().unwrap());
-        assert_eq!(r.tcp_keepalive_time().unwrap(), Duration::from_secs(42));
-        assert_eq!(r.tcp_keepalive_interval().unwrap(), Duration::from_secs(7));
-        assert_eq!(r.tcp_keepalive_retries().unwrap(), 4);
-        assert_eq!(
-            r.tcp_user_timeout().unwrap(),
-            Some(Duration::from_millis(9500))
-        );
+        has_sample_options(&s);
     }
 
     #[test]
@@ -354,12 +342,21 @@ mod tests {
         let l = bind("127.0.0.1:0".parse().unwrap(), 16).unwrap();
         let _c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
         let s = accept_one(&l);
-        let dead = DeadPeer {
-            keepalive: Some((Duration::from_secs(42), Duration::from_secs(7), 4)),
-            user_timeout: Some(Duration::from_millis(9500)),
-        };
+        let dead = SAMPLE;
         configure(SockRef::from(&s), dead).unwrap();
-        let r = SockRef::from(&s);
+        has_sample_options(&s);
+    }
+
+    /// Dead-peer settings no default has, so that reading them back proves they were set.
+    const SAMPLE: DeadPeer = DeadPeer {
+        keepalive: Some((Duration::from_secs(42), Duration::from_secs(7), 4)),
+        user_timeout: Some(Duration::from_millis(9500)),
+    };
+
+    /// The accepted socket has TCP_NODELAY, keep-alive and (on Linux, where they can be
+    /// read back) `SAMPLE`'s keep-alive timing and user timeout.
+    fn has_sample_options(s: &TcpStream) {
+        let r = SockRef::from(s);
         assert!(r.tcp_nodelay().unwrap());
         assert!(r.keepalive().unwrap());
         #[cfg(target_os = "linux")]

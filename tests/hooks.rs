@@ -372,17 +372,7 @@ impl reactor::service::Codec for PooledRoom {
         out: &mut reactor::service::Calls<'_, String>,
         cx: &Cx,
     ) -> Decoded {
-        let mut d = Decoded::default();
-        while let Some(nl) = input[d.consumed..].iter().position(|&b| b == b'\n') {
-            if d.at_limit(cx, out.out()) {
-                break;
-            }
-            let line = &input[d.consumed..d.consumed + nl];
-            out.call(String::from_utf8_lossy(line).into_owned());
-            d.consumed += nl + 1;
-            d.requests += 1;
-        }
-        d
+        decode_lines(input, out, cx)
     }
 
     fn encode(&self, answer: String, out: &mut BytesMut, _: &Cx) {

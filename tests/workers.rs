@@ -49,17 +49,7 @@ impl Codec for Lines {
     type Request = String;
     type Response = String;
     fn decode(&self, _: &mut (), input: &[u8], out: &mut Calls<String>, cx: &Cx) -> Decoded {
-        let mut d = Decoded::default();
-        while let Some(nl) = input[d.consumed..].iter().position(|&b| b == b'\n') {
-            if d.at_limit(cx, out.out()) {
-                break;
-            }
-            let line = &input[d.consumed..d.consumed + nl];
-            out.call(String::from_utf8_lossy(line).into_owned());
-            d.consumed += nl + 1;
-            d.requests += 1;
-        }
-        d
+        decode_lines(input, out, cx)
     }
     fn encode(&self, answer: String, out: &mut BytesMut, _: &Cx) {
         out.extend_from_slice(answer.as_bytes());

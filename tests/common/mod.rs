@@ -610,3 +610,23 @@ pub fn run_chaos(addr: SocketAddr, args: &str, deadline: Duration) -> serde_json
     );
     serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("JSON summary {stdout:?}: {e}"))
 }
+
+/// A line protocol's decode for the tests' pooled codecs: each complete line becomes a
+/// call to the pool, as far as the connection's limit allows.
+pub fn decode_lines(
+    input: &[u8],
+    out: &mut reactor::service::Calls<'_, String>,
+    cx: &reactor::protocol::Cx,
+) -> reactor::protocol::Decoded {
+    let mut d = reactor::protocol::Decoded::default();
+    while let Some(nl) = input[d.consumed..].iter().position(|&b| b == b'\n') {
+        if d.at_limit(cx, out.out()) {
+            break;
+        }
+        let line = &input[d.consumed..d.consumed + nl];
+        out.call(String::from_utf8_lossy(line).into_owned());
+        d.consumed += nl + 1;
+        d.requests += 1;
+    }
+    d
+}
