@@ -94,8 +94,14 @@ fn tls_over_a_unix_socket() {
 fn a_stale_socket_is_taken_over_and_a_live_one_or_another_file_refused() {
     let dir = folder("stale");
     let sock = dir.join("s.sock");
-    // A crashed server's socket: the file is there, nobody listens.
-    drop(std::os::unix::net::UnixListener::bind(&sock).unwrap());
+    // A crashed server's socket: the file is there, nobody listens. Bound but never
+    // listening, so that a child another test thread forks at that moment (holding a
+    // copy of the descriptor until its exec) cannot make it look alive.
+    let stale = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None).unwrap();
+    stale
+        .bind(&socket2::SockAddr::unix(&sock).unwrap())
+        .unwrap();
+    drop(stale);
     assert!(sock.exists());
     let live = start(&format!("--addr unix:{}", sock.display()));
     assert_eq!(curl(&sock, &[], "http://localhost/").0, "200");
