@@ -13,6 +13,10 @@
 # over ROUNDS (7) rounds of SECONDS (6) each with the min-max, and NEW/OLD per round.
 # Then RSS per idle connection, 10,000 held 3 s, each binary with --idle-timeout 0 and
 # with its default timeout. A ratio whose min-max straddles 1 is noise.
+# Environment: LOADS, the loads to run (default "http100 http1000 echo1 echo16"; also
+# churn10, a new connection per request from `ab -c50`, and churn11, from `wrk -c50 -H
+# 'Connection: close'`, where the figure is CPU per connection); IDLE=0 skips the idle
+# connections; SERVER_ARGS, more flags for both servers (e.g. --defer-accept).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=benches/lib.sh
@@ -25,6 +29,11 @@ for b in "$OLD" "$NEW"; do
     [ -x "$b" ] || { echo "ab.sh: $b is not an executable" >&2; exit 2; }
 done
 command -v wrk >/dev/null 2>&1 || install_missing wrk
+read -ra LOADS <<<"${LOADS:-http100 http1000 echo1 echo16}"
+read -ra SERVER_ARGS <<<"${SERVER_ARGS:-}"
+if printf '%s\n' "${LOADS[@]}" | grep -q '^churn10$'; then
+    command -v ab >/dev/null 2>&1 || install_missing apache2-utils
+fi
 cargo build --release -q --bin reactor-bench
 BENCH=$(release_dir)/reactor-bench
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
@@ -38,7 +47,7 @@ start() {
     shift 2
     PORT=$(free_port)
     taskset -c "$SERVER_CPU" "$bin" --addr "127.0.0.1:$PORT" --protocol "$proto" \
-        --threads 1 --stats-interval 0 "$@" >"$WORK/server.log" 2>&1 &
+        --threads 1 --stats-interval 0 "${SERVER_ARGS[@]}" "$@" >"$WORK/server.log" 2>&1 &
     PID=$!
     wait_port "$PORT" "$PID" || { cat "$WORK/server.log" >&2; exit 1; }
 }
@@ -51,7 +60,7 @@ stop() {
 run() {
     local bin=$1 load=$2 t0 t1 out reqs
     case "$load" in
-        http*) start "$bin" http --idle-timeout 0 ;;
+        http* | churn*) start "$bin" http --idle-timeout 0 ;;
         echo*) start "$bin" echo --idle-timeout 0 ;;
     esac
     t0=$(cpu_ticks "$PID")
@@ -67,6 +76,14 @@ run() {
                 --size 64 --conns "$conns" --pipeline "$pipeline" --duration "$SECONDS_EACH" \
                 --json --quiet 2>&1) || true
             reqs=$(json_num "$out" requests_ok) ;;
+        churn10)
+            out=$(taskset -c "$CLIENT_CPU" ab -q -c 50 -t "$SECONDS_EACH" \
+                -n $((50000 * SECONDS_EACH)) "http://127.0.0.1:$PORT/" 2>&1) || true
+            reqs=$(awk '/^Complete requests:/ {print $3}' <<<"$out") ;;
+        churn11)
+            out=$(taskset -c "$CLIENT_CPU" wrk -t1 -c50 -d"${SECONDS_EACH}s" \
+                -H 'Connection: close' "http://127.0.0.1:$PORT/" 2>&1) || true
+            reqs=$(awk '/requests in/ {print $1}' <<<"$out") ;;
     esac
     t1=$(cpu_ticks "$PID")
     stop
@@ -76,7 +93,6 @@ run() {
 
 RESULTS=$WORK/results
 : >"$RESULTS"
-LOADS=(http100 http1000 echo1 echo16)
 for round in $(seq "$ROUNDS"); do
     for load in "${LOADS[@]}"; do
         if [ $((round % 2)) = 1 ]; then
@@ -101,6 +117,7 @@ for load in "${LOADS[@]}"; do
     printf '%-9s %-24s %-24s %s\n' "$load" "$(cell old)" "$(cell new)" "$(cell ratio)"
 done
 
+[ "${IDLE:-1}" = 0 ] && exit 0
 echo "RSS per idle connection, bytes (10,000 held 3 s)"
 for which in old new; do
     bin=$OLD

@@ -124,7 +124,7 @@ http {
     uwsgi_temp_path $3/nginx;
     scgi_temp_path $3/nginx;
     server {
-        listen 127.0.0.1:$2$ssl backlog=4096;
+        listen 127.0.0.1:$2$ssl backlog=4096${5:+ $5};
         $tls
         location / { default_type text/plain; return 200 "Hello, World!"; }
     }

@@ -7,7 +7,9 @@
 #       of benches/compare.sh, from benches/lib.sh)
 #   HTTP churn, a new connection per request, $CHURN_CONNS at a time: `ab -c` (HTTP/1.0,
 #       no keep-alive) and `wrk -t1 -H 'Connection: close'` (HTTP/1.1; ab sends only
-#       HTTP/1.0): requests/s are connections/s, CPU per request is CPU per connection
+#       HTTP/1.0): requests/s are connections/s, CPU per request is CPU per connection;
+#       both again with each server accepting a connection only once its request has
+#       come (reactor --defer-accept, nginx `listen ... deferred`: TCP_DEFER_ACCEPT)
 #   HTTP open loop, `reactor-bench --rate R --conns $OPEN_CONNS` at $OPEN_PERCENTS % of
 #       nginx's maximum, measured first in this run with the same client (reactor-bench
 #       closed loop, $OPEN_CONNS connections, median of min(ROUNDS, 3) runs): p50, p99,
@@ -211,10 +213,14 @@ server_cmd() {
             local proto=${name#reactor-} tls=()
             proto=${proto%-*}
             if [ "$proto" = tls ]; then proto=http; tls=("${REACTOR_TLS[@]}"); fi
+            if [ "$proto" = httpd ]; then proto=http; tls=(--defer-accept); fi
             CMD=("$REACTOR" --protocol "$proto" --threads 1 --addr "$addr" --idle-timeout 0
                 --stats-interval 0 ${io[@]+"${io[@]}"} ${tls[@]+"${tls[@]}"}) ;;
         nginx)
             write_nginx_conf "$WORK/nginx.conf" "$2" "$WORK"
+            CMD=("$NGINX" -c "$WORK/nginx.conf" -g 'daemon off;' -p "$WORK") ;;
+        nginx-deferred)
+            write_nginx_conf "$WORK/nginx.conf" "$2" "$WORK" "" deferred
             CMD=("$NGINX" -c "$WORK/nginx.conf" -g 'daemon off;' -p "$WORK") ;;
         nginx-tls)
             write_nginx_conf "$WORK/nginx.conf" "$2" "$WORK" "$WORK/tls"
@@ -240,7 +246,7 @@ start_server() {
         return 1
     fi
     MEASURED_PID=$SERVER_PID
-    if [ "${name%-tls}" = nginx ] && ! MEASURED_PID=$(worker_of "$SERVER_PID"); then
+    if [ "${name%%-*}" = nginx ] && ! MEASURED_PID=$(worker_of "$SERVER_PID"); then
         log "no nginx worker"
         stop_server
         return 1
@@ -290,7 +296,7 @@ record() {
 # that maximum is measured).
 OPEN_LOADS=()
 for p in $OPEN_PERCENTS; do OPEN_LOADS+=("open$p"); done
-LOADS=(http100 http1000 churn10 churn11 "${OPEN_LOADS[@]}" busy tlsfull tlsresume echo1 echo16 bulk)
+LOADS=(http100 http1000 churn10 churn11 churn10d churn11d "${OPEN_LOADS[@]}" busy tlsfull tlsresume echo1 echo16 bulk)
 IDLE_ROWS=1
 if [ -n "${ONLY:-}" ]; then
     mapfile -t LOADS < <(printf '%s\n' "${LOADS[@]}" | grep -Fx -f <(tr ' ' '\n' <<<"$ONLY") || true)
@@ -303,6 +309,8 @@ load_label() {
         http1000) echo "HTTP hello, wrk -t1 -c1000" ;;
         churn10) echo "HTTP/1.0 churn, ab -c$CHURN_CONNS (a new connection per request)" ;;
         churn11) echo "HTTP/1.1 churn, wrk -t1 -c$CHURN_CONNS -H 'Connection: close'" ;;
+        churn10d) echo "HTTP/1.0 churn, ab -c$CHURN_CONNS, deferred accept" ;;
+        churn11d) echo "HTTP/1.1 churn, wrk -t1 -c$CHURN_CONNS -H 'Connection: close', deferred accept" ;;
         open*) echo "HTTP open loop, ${1#open}% of nginx's max ($(open_rate "$1") req/s, $OPEN_CONNS conns)" ;;
         busy) echo "HTTP, $BUSY_CONNS conns x 1 req/s (open loop)" ;;
         tlsfull) echo "HTTPS, full handshake per request ($TLS_CONNS conns)" ;;
@@ -317,6 +325,7 @@ servers_of() {
     local b proto=http peer=nginx
     case "$1" in
         echo*) proto="echo"; peer=tokio ;;
+        churn*d) proto="httpd"; peer=nginx-deferred ;;
         bulk) proto="echo"; peer=tokio-bulk ;;
         tls*) proto="tls"; peer=nginx-tls ;;
     esac
@@ -397,8 +406,8 @@ measure() {
     t0=$(cpu_ticks "$MEASURED_PID")
     case "$load" in
         http*) run_wrk -c"${load#http}" "$url" ;;
-        churn10) run_ab "$url" ;;
-        churn11) run_wrk -c"$CHURN_CONNS" -H 'Connection: close' "$url" ;;
+        churn10 | churn10d) run_ab "$url" ;;
+        churn11 | churn11d) run_wrk -c"$CHURN_CONNS" -H 'Connection: close' "$url" ;;
         open*) run_bench --protocol http --conns "$OPEN_CONNS" --rate "$(open_rate "$load")" \
             --duration "$DURATION" ;;
         busy) run_bench --protocol http --conns "$BUSY_CONNS" --rate "$BUSY_CONNS" --warmup 2 \
@@ -643,10 +652,12 @@ pair() {
 server_label() {
     case "$1" in
         reactor-tls-*) echo "reactor (TLS)" ;;
+        reactor-httpd-*) echo "reactor --defer-accept" ;;
         reactor-*-epoll) if [ "$IO_FLAG" = 1 ]; then echo "reactor (epoll)"; else echo reactor; fi ;;
         reactor-*-uring) echo "reactor (uring)" ;;
         nginx) echo "nginx, 1 worker" ;;
         nginx-tls) echo "nginx, 1 worker (TLS)" ;;
+        nginx-deferred) echo "nginx, 1 worker, listen deferred" ;;
         tokio) echo "tokio $TOKIO_VERSION, 1 worker" ;;
         tokio-bulk) echo "tokio $TOKIO_VERSION, 1 worker, $SCRATCH B reads" ;;
     esac
@@ -712,7 +723,9 @@ if [ ${#BACKENDS[@]} -gt 1 ]; then uring=1; fi
     echo
     echo "| load | reactor conns/s | nginx conns/s | ratio | reactor CPU/conn (µs) | nginx CPU/conn (µs) | ratio |"
     echo "|---|---|---|---|---|---|---|"
-    for load in churn10 churn11; do
+    echo "Deferred accept: reactor --defer-accept against nginx's \`listen ... deferred\` (both TCP_DEFER_ACCEPT, the kernel's wake-up comes with the request)."
+    echo
+    for load in churn10 churn11 churn10d churn11d; do
         echo "| $(load_label "$load") | $(pair "$load" rps 0) | $(pair "$load" cpu_us 1) |"
     done
     if [ ${#OPEN_LOADS[@]} -gt 0 ]; then

@@ -256,6 +256,15 @@ pub struct Config {
     #[cfg_attr(feature = "cli", arg(long, default_value_t = 4096))]
     pub backlog: i32,
 
+    /// Accept a TCP connection only once its first bytes have arrived
+    /// (TCP_DEFER_ACCEPT, Linux; nginx's `deferred`, HAProxy's `defer-accept`): the
+    /// request and the accept then take one wake-up, and a new connection per request
+    /// costs less. A client that connects and says nothing is accepted only after
+    /// about a second or more (when the kernel gives up waiting), so leave it off for a
+    /// protocol where the server speaks first.
+    #[cfg_attr(feature = "cli", arg(long))]
+    pub defer_accept: bool,
+
     /// TCP keep-alive idle time of accepted sockets, in seconds (0 = off).
     #[cfg_attr(feature = "cli", arg(long, default_value_t = 60))]
     pub keepalive_secs: u64,
@@ -492,6 +501,7 @@ impl Default for Config {
             reuse_port: false,
             socket_activation: false,
             backlog: 4096,
+            defer_accept: false,
             keepalive_secs: 60,
             keepalive_interval: 10,
             keepalive_count: 6,
@@ -569,6 +579,8 @@ setters! {
     socket_activation: bool,
     /// Sets [`Config::backlog`].
     backlog: i32,
+    /// Sets [`Config::defer_accept`].
+    defer_accept: bool,
     /// Sets [`Config::keepalive_secs`].
     keepalive_secs: u64,
     /// Sets [`Config::keepalive_interval`].

@@ -219,6 +219,67 @@ pub(crate) struct DeadPeer {
     pub user_timeout: Option<Duration>,
 }
 
+/// How long the kernel holds a connection that has sent nothing before it lets it be
+/// accepted anyway, with TCP_DEFER_ACCEPT, in seconds. One, as nginx sets it: the kernel
+/// turns it into SYN-ACK retransmissions, so a silent client waits one retransmission
+/// (about a second and more) rather than the minutes a longer value would hold it.
+const DEFER_ACCEPT_SECS: libc::c_int = 1;
+
+/// Whether a listener accepts connections only once their first bytes have come
+/// (TCP_DEFER_ACCEPT, set here or by whoever passed the socket: systemd's
+/// `DeferAcceptSec=`).
+pub(crate) fn defers_accept(listener: &Listener) -> bool {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    if let Listener::Tcp(l) = listener {
+        use std::os::fd::AsRawFd;
+        let mut v: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: getsockopt writes at most `len` bytes into `v`, which is that large;
+        // the descriptor is the listener's.
+        let r = unsafe {
+            libc::getsockopt(
+                l.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_DEFER_ACCEPT,
+                (&mut v as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        return r == 0 && v > 0;
+    }
+    let _ = listener;
+    false
+}
+
+/// TCP_DEFER_ACCEPT on a listener (Linux): accept a connection once its first bytes
+/// have come. Elsewhere a warning: the option is not there.
+pub(crate) fn defer_accept(listener: &TcpListener) -> io::Result<()> {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        use std::os::fd::AsRawFd;
+        let on = DEFER_ACCEPT_SECS;
+        // SAFETY: setsockopt reads one int from `on`; the descriptor is the listener's.
+        let r = unsafe {
+            libc::setsockopt(
+                listener.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_DEFER_ACCEPT,
+                (&on as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if r != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    {
+        let _ = (listener, DEFER_ACCEPT_SECS);
+        log::warn!("--defer-accept: TCP_DEFER_ACCEPT is Linux's; connections are accepted at once");
+    }
+    Ok(())
+}
+
 /// Options for accepted sockets, set once on the listener: on Linux an accepted
 /// socket inherits them (TCP_NODELAY, the keep-alive settings, TCP_USER_TIMEOUT), which
 /// saves six system calls per connection. Elsewhere [`configure_accepted`] sets them
@@ -335,6 +396,18 @@ mod tests {
         let _c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
         let s = accept_one(&l);
         has_sample_options(&s);
+    }
+
+    /// A listener given TCP_DEFER_ACCEPT says so when asked (as one passed with it by
+    /// systemd would), and one without it does not.
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn a_deferring_listener_is_recognised() {
+        let l = bind("127.0.0.1:0".parse().unwrap(), 16).unwrap();
+        let plain = Listener::Tcp(bind("127.0.0.1:0".parse().unwrap(), 16).unwrap());
+        assert!(!defers_accept(&plain));
+        defer_accept(&l).unwrap();
+        assert!(defers_accept(&Listener::Tcp(l)));
     }
 
     #[test]

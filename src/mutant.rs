@@ -7,13 +7,16 @@
 //!   message) is appended behind plaintext waiting to be encrypted, which then goes
 //!   out unencrypted;
 //! - `wakeup`: a connection that finds no room in the worker pool's queue asks to be
-//!   woken without looking for room again, and misses a place freed in between.
+//!   woken without looking for room again, and misses a place freed in between;
+//! - `cork`: every answer written straight to the socket is held back for a FIN
+//!   (MSG_MORE), on connections that stay open too, where no FIN comes to push it.
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Mutant {
     Eof,
     TlsAlert,
     Wakeup,
+    Cork,
 }
 
 /// Whether `m` is the mutant this process runs with.
@@ -26,6 +29,7 @@ pub(crate) fn on(m: Mutant) -> bool {
             Some("eof") => Some(Mutant::Eof),
             Some("tls-alert") => Some(Mutant::TlsAlert),
             Some("wakeup") => Some(Mutant::Wakeup),
+            Some("cork") => Some(Mutant::Cork),
             _ => None,
         },
     );

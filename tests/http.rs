@@ -279,6 +279,51 @@ fn a_clean_end_closes_at_once_and_an_error_lingers() {
     }
 }
 
+/// A clean end sends its answer and its FIN in one segment: the answer is written
+/// with MSG_MORE and the close tacks the FIN on. The client receives the SYN-ACK, the
+/// ACK of its request and that one segment (it was four, the FIN alone). Not so for an
+/// answer on a connection that stays open.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_clean_end_sends_its_answer_and_fin_in_one_segment() {
+    use std::os::fd::AsRawFd;
+    /// Segments received (tcpi_segs_in, at offset 140 of struct tcp_info since
+    /// Linux 4.2).
+    fn segs_in(s: &std::net::TcpStream) -> u32 {
+        let mut info = [0u8; 256];
+        let mut len = info.len() as libc::socklen_t;
+        // SAFETY: getsockopt writes at most `len` bytes into `info`, which is that
+        // large; the descriptor is the open stream's.
+        let r = unsafe {
+            libc::getsockopt(
+                s.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_INFO,
+                info.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        assert!(r == 0 && len >= 144, "TCP_INFO: {r}, {len} bytes");
+        u32::from_ne_bytes(info[140..144].try_into().unwrap())
+    }
+    let srv = in_process("--protocol http");
+    for request in [
+        &b"GET / HTTP/1.0\r\n\r\n"[..],
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    ] {
+        let mut c = connect(srv.local_addr());
+        send(&mut c, request);
+        let (got, closed) = read_to_close(&mut c);
+        assert!(closed && got.starts_with(b"HTTP/1."), "{got:?}");
+        let n = segs_in(&c);
+        assert!(
+            n <= 3,
+            "{:?}: {n} segments received, the answer and the FIN apart",
+            String::from_utf8_lossy(request)
+        );
+    }
+}
+
 /// A clean end whose answer is still going out when the peer sends a byte more (an old
 /// client's extra CRLF after its request, RFC 9112 section 2.2): the server looks
 /// before it closes, finds the byte, and lingers, so the answer is not destroyed by a

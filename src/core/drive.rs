@@ -802,10 +802,19 @@ impl<H: Handler> ConnIo<H> {
             self.stats.record_latency(first, 1);
             self.stats.record_latency(0, inline - 1);
         }
+        // A clean end (see `Stage::Ending` below) closes right after this answer.
+        let clean = d.next == Next::Close
+            && d.errors == 0
+            && left == 0
+            && !self.draining
+            && d.requests == 1
+            && caught_up;
         if direct {
             self.out = out;
             if !self.out.is_empty() {
-                self.write_direct(sock, conn);
+                let last =
+                    (clean && self.out.len() as u64 <= QUICK_CLOSE_MAX) || mutant::on(Mutant::Cork);
+                self.write_direct(sock, conn, last);
             }
         } else if out.is_empty() {
             self.pool.put(out);
@@ -829,8 +838,6 @@ impl<H: Handler> ConnIo<H> {
             // without an error, nothing after it, nothing owed before it. An error
             // answer, a drain, bytes left unread, or a pipelining peer (which may send
             // more before it reads the close) linger, so the answers are not reset away.
-            let clean =
-                d.errors == 0 && left == 0 && !self.draining && d.requests == 1 && caught_up;
             conn.stage = if clean { Stage::Ending } else { Stage::Closing };
         }
         let held = conn.input().map_or(0, |b| b.len());
@@ -870,10 +877,18 @@ impl<H: Handler> ConnIo<H> {
     /// Writes the output scratch to the socket; what it does not take waits in a pooled
     /// buffer of the connection, for `flush` (which also reports a failed socket: a
     /// write error here only leaves the bytes waiting).
-    fn write_direct<K: Socket>(&mut self, sock: &mut K, conn: &mut Conn<H::State>) {
+    ///
+    /// `last`: the connection closes straight after (a clean end), so the answer may
+    /// wait for the close's FIN and leave with it in one segment.
+    fn write_direct<K: Socket>(&mut self, sock: &mut K, conn: &mut Conn<H::State>, last: bool) {
         let mut done = 0;
         while done < self.out.len() {
-            match sock.write(&self.out[done..]) {
+            let r = if last {
+                sock.write_last(&self.out[done..])
+            } else {
+                sock.write(&self.out[done..])
+            };
+            match r {
                 Ok(0) => break,
                 Ok(k) => done += k,
                 Err(e) if interrupted(&e) => {}

@@ -43,7 +43,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use log::{debug, info, warn};
+use log::{info, warn};
 use slab::Slab;
 
 pub(crate) use conn::Timeouts;
@@ -91,9 +91,9 @@ pub(crate) trait Core {
     /// `handle`: its key if the core takes it (the socket is then the core's to close,
     /// through [`Sockets::close`]), `None` if it is refused (the driver closes it).
     fn open(&mut self, peer: Peer, handle: u32) -> Option<usize>;
-    /// The driver could not keep a connection the core took (its registration failed);
-    /// the driver closes the socket itself.
-    fn abort(&mut self, key: usize);
+    /// The driver cannot keep a connection (its registration failed): close it now,
+    /// through [`Sockets::close`].
+    fn fail<S: Sockets>(&mut self, sockets: &mut S, key: usize);
     /// The loop fails: every connection is closed (cut) now.
     fn abandon<S: Sockets>(&mut self, sockets: &mut S);
     /// A connection's socket is ready (or may be). `read_to_block`: keep reading after
@@ -642,34 +642,8 @@ impl<H: Handler> Core for Shard<H> {
         Some(key)
     }
 
-    fn abort(&mut self, key: usize) {
-        let Some(mut conn) = self.conns.try_remove(key) else {
-            return;
-        };
-        if let Some(t) = conn.timer.take() {
-            self.io.wheel.cancel(t);
-        }
-        self.io.retire(&mut conn, key, Close::Error);
-        if conn.tls().is_some() {
-            self.io.stats.tls_open = self.io.stats.tls_open.saturating_sub(1);
-        }
-        // A greeting the open hook wrote: its buffer goes back to the pool.
-        if let Some(mut busy) = conn.busy.take() {
-            for b in [busy.input.take(), busy.output.take()]
-                .into_iter()
-                .flatten()
-            {
-                self.io.pool.put(b);
-            }
-        }
-        self.io.stats.accepted -= 1;
-        if let Some(ip) = self.ips.remove(&key) {
-            release_ip(&self.shared, ip);
-        }
-        debug!(
-            "shard {}: connection {key} dropped before its first turn",
-            self.id
-        );
+    fn fail<S: Sockets>(&mut self, sockets: &mut S, key: usize) {
+        self.close(sockets, key, Close::Error);
     }
 
     fn ready<S: Sockets>(&mut self, sockets: &mut S, key: usize, read_to_block: bool) {

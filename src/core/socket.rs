@@ -34,6 +34,11 @@ pub trait Socket {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize>;
     /// Non-blocking write: takes what it can, `WouldBlock` when it takes nothing now.
     fn write(&mut self, buf: &[u8]) -> io::Result<usize>;
+    /// A write after which the connection closes (or half-closes) at once: the driver
+    /// may hold the bytes back for the FIN to go in the same segment (MSG_MORE).
+    fn write_last(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.write(buf)
+    }
     /// Our side is done writing (a FIN after the bytes already taken).
     fn shutdown_write(&mut self);
     /// Whether the core wants to hear when the socket can take more output. Called

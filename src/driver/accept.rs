@@ -14,7 +14,7 @@ use log::warn;
 use mio::{Interest, Registry, Token};
 
 use crate::core::Peer;
-use crate::listener::{Accepted, Listener};
+use crate::listener::{Accepted, Listener, defers_accept};
 
 /// The listener's token; connections use their slab keys, which never reach it.
 pub(crate) const LISTENER: Token = Token(usize::MAX - 1);
@@ -35,6 +35,9 @@ pub(crate) struct Acceptor {
     pub resume_at: Option<u64>,
     warned_at: Option<u64>,
     spare_fd: Option<File>,
+    /// The listener hands out connections only once their first bytes have come
+    /// (TCP_DEFER_ACCEPT): each is worth reading at once.
+    pub deferred: bool,
     /// Connections closed at once for lack of descriptors (the core counts those it
     /// refuses itself).
     pub rejected: u64,
@@ -54,6 +57,7 @@ impl Acceptor {
     pub fn new(shard: usize, reg: &Registry, mut listener: Listener) -> io::Result<Self> {
         reg.register(listener.source(), LISTENER, Interest::READABLE)?;
         Ok(Acceptor {
+            deferred: defers_accept(&listener),
             shard,
             listener: Some(listener),
             pending: false,

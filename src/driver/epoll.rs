@@ -11,14 +11,16 @@
 //! in flight); no readiness edge will. WRITABLE interest is registered only while
 //! output is pending ([`Socket::want_write`]).
 
+use std::cell::Cell;
 use std::io::{self, Read, Write};
 use std::mem::ManuallyDrop;
 use std::net::Shutdown;
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
 use log::{debug, warn};
 use mio::net::TcpStream;
+use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Registry, Token};
 
 use super::accept::{Acceptor, LISTENER};
@@ -71,6 +73,19 @@ pub(crate) struct Driver<C: Core> {
 /// table of sockets beside the core's slab.
 struct Table {
     reg: Registry,
+    /// The connection in its first drive, not registered yet.
+    fresh: Cell<Fresh>,
+}
+
+/// A new connection's first drive, before its registration.
+#[derive(Clone, Copy)]
+enum Fresh {
+    None,
+    /// Driven, still open; `write`: the core asked to hear of room for output.
+    Open {
+        key: usize,
+        write: bool,
+    },
 }
 
 /// A connection's socket lent to the core, with what it needs to change its interest.
@@ -78,6 +93,7 @@ pub(crate) struct MioSock<'a> {
     /// Not dropped here: the descriptor stays open, owned by the connection.
     stream: ManuallyDrop<TcpStream>,
     reg: &'a Registry,
+    fresh: &'a Cell<Fresh>,
     key: usize,
 }
 
@@ -88,6 +104,24 @@ impl Socket for MioSock<'_> {
 
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.stream.write(buf)
+    }
+
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    fn write_last(&mut self, buf: &[u8]) -> io::Result<usize> {
+        // SAFETY: send reads at most `buf.len()` bytes from `buf`; the descriptor is the
+        // connection's, open while lent.
+        let n = unsafe {
+            libc::send(
+                self.stream.as_raw_fd(),
+                buf.as_ptr().cast(),
+                buf.len(),
+                libc::MSG_MORE | libc::MSG_NOSIGNAL,
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(n as usize)
     }
 
     fn unsent(&self) -> usize {
@@ -118,6 +152,13 @@ impl Socket for MioSock<'_> {
     }
 
     fn want_write(&mut self, on: bool) -> io::Result<()> {
+        if let Fresh::Open { key, .. } = self.fresh.get()
+            && key == self.key
+        {
+            // Not registered yet: registered with this interest after its first drive.
+            self.fresh.set(Fresh::Open { key, write: on });
+            return Ok(());
+        }
         let interest = if on {
             Interest::READABLE | Interest::WRITABLE
         } else {
@@ -140,11 +181,17 @@ impl Sockets for Table {
         Some(MioSock {
             stream,
             reg: &self.reg,
+            fresh: &self.fresh,
             key,
         })
     }
 
-    fn close(&mut self, _: usize, handle: u32) {
+    fn close(&mut self, key: usize, handle: u32) {
+        if let Fresh::Open { key: k, .. } = self.fresh.get()
+            && k == key
+        {
+            self.fresh.set(Fresh::None);
+        }
         // SAFETY: as in `get`; the core calls this once, when it lets the connection
         // go, and never uses the handle again. Dropping the socket closes it, which also
         // removes it from epoll.
@@ -165,7 +212,10 @@ impl<C: Core> Driver<C> {
         Ok(Driver {
             poll,
             acceptor,
-            table: Table { reg },
+            table: Table {
+                reg,
+                fresh: Cell::new(Fresh::None),
+            },
             core,
             dead_peer,
             epoch: Instant::now(),
@@ -229,39 +279,47 @@ impl<C: Core> Driver<C> {
         at.map(|a| Duration::from_millis(a.saturating_sub(self.now) + 1))
     }
 
+    /// Accepts what waits. A listener that defers its accepts (TCP_DEFER_ACCEPT) hands
+    /// out connections whose request has come: each is driven at once, before it is
+    /// registered, so the request is answered in this turn, and a connection answered
+    /// and closed then (a new connection per request) never costs an `epoll_ctl`. One
+    /// still open afterwards is registered edge-triggered; registering reports what
+    /// arrived since the read, so no edge is lost between the two. Otherwise the
+    /// request has seldom come yet: the connection is registered and waits for it.
     fn accept(&mut self) {
         let (core, table, dead_peer) = (&mut self.core, &mut self.table, self.dead_peer);
         let open = core.open_count();
+        let eager = self.acceptor.deferred;
         self.acceptor.accept(self.now, open, |sock, peer| {
-            let fd = match &sock {
-                Accepted::Tcp(s) => s.as_raw_fd(),
-                Accepted::Unix(s) => s.as_raw_fd(),
-            };
-            let Some(key) = core.open(peer, fd as u32) else {
-                return;
-            };
-            let registered = match sock {
-                Accepted::Tcp(mut s) => {
+            let fd = match sock {
+                Accepted::Tcp(s) => {
                     if let Err(e) = configure_accepted(&s, dead_peer) {
                         debug!("socket options on an accepted connection: {e}");
                     }
-                    let r = table.reg.register(&mut s, Token(key), Interest::READABLE);
-                    // The descriptor is the connection's now (see `Table`).
-                    let _ = s.into_raw_fd();
-                    r
+                    s.into_raw_fd()
                 }
-                Accepted::Unix(mut s) => {
-                    let r = table.reg.register(&mut s, Token(key), Interest::READABLE);
-                    let _ = s.into_raw_fd();
-                    r
-                }
+                Accepted::Unix(s) => s.into_raw_fd(),
             };
-            if let Err(e) = registered {
+            let Some(key) = core.open(peer, fd as u32) else {
+                // SAFETY: the descriptor was released above and the core refused it.
+                drop(unsafe { OwnedFd::from_raw_fd(fd) });
+                return;
+            };
+            // The descriptor is the connection's now (see `Table`).
+            let mut interest = Interest::READABLE;
+            if eager {
+                table.fresh.set(Fresh::Open { key, write: false });
+                core.ready(table, key, false);
+                match table.fresh.replace(Fresh::None) {
+                    Fresh::Open { write: true, .. } => interest |= Interest::WRITABLE,
+                    Fresh::Open { write: false, .. } => {}
+                    // Closed in its first drive: its descriptor is gone.
+                    Fresh::None => return,
+                }
+            }
+            if let Err(e) = table.reg.register(&mut SourceFd(&fd), Token(key), interest) {
                 warn!("registering a connection failed: {e}");
-                // The core gives the connection up; its descriptor is closed here.
-                core.abort(key);
-                // SAFETY: the descriptor was released above and nothing else owns it.
-                drop(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) });
+                core.fail(table, key);
             }
         });
     }

@@ -233,6 +233,9 @@ pub(super) fn compose<H: Handler>(
     for l in &listeners {
         if let Listener::Tcp(t) = l {
             crate::listener::configure_listener(t, set.dead_peer)?;
+            if cfg.defer_accept {
+                crate::listener::defer_accept(t)?;
+            }
         }
     }
     let listen = listeners[0].listen_addr()?;

@@ -395,6 +395,19 @@ impl<H: Handler> Sim<H> {
         );
         self.clients.insert(key, client);
         self.tally.conns += 1;
+        if self.rng.chance(2) {
+            // A listener that defers its accepts (TCP_DEFER_ACCEPT) hands the
+            // connection over with its first bytes, and the driver drives it at once,
+            // before the first readiness edge.
+            let c = self.clients.get_mut(&key).expect("a client");
+            if c.ready() && self.rng.chance(2) {
+                let n = 1 + self.rng.below(3);
+                c.send_requests(&mut self.rng, n);
+                self.tally.requests += n as u64;
+            }
+            self.push(key, true);
+            self.shard.ready(&mut self.net, key, false);
+        }
     }
 
     /// Hands some of a client's bytes to the network: a new readiness edge.
@@ -429,10 +442,12 @@ impl<H: Handler> Sim<H> {
         let Some(p) = self.net.pipe(key) else {
             return Ok(());
         };
+        // Bytes held back for the FIN (MSG_MORE) have not left yet.
+        let visible = p.to_client.len() - p.corked;
         let n = if all || self.rng.chance(2) {
-            p.to_client.len()
+            visible
         } else {
-            self.rng.below(p.to_client.len() + 1)
+            self.rng.below(visible + 1)
         };
         let bytes: Vec<u8> = p.to_client.drain(..n).collect();
         trace(self.now, key, format_args!("read {} bytes", bytes.len()));

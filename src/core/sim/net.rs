@@ -24,6 +24,9 @@ pub(super) struct Pipe {
     /// buffer).
     pub cap: usize,
     pub server_fin: bool,
+    /// Bytes at the end of `to_client` held back by a last write (MSG_MORE) until a
+    /// plain write, our shutdown or the close pushes them: the client cannot see them.
+    pub corked: usize,
     pub want_write: bool,
     /// TLS: the server's bytes must be TLS records. Bytes left of the current record.
     pub tls: bool,
@@ -41,6 +44,7 @@ impl Pipe {
             to_client: Vec::new(),
             cap,
             server_fin: false,
+            corked: 0,
             want_write: false,
             tls,
             record_left: 0,
@@ -170,11 +174,20 @@ impl Socket for SimSock<'_> {
         }
         p.to_client.extend_from_slice(&buf[..n]);
         p.written += n as u64;
+        // A plain write pushes what a last write held back.
+        p.corked = 0;
+        Ok(n)
+    }
+
+    fn write_last(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.write(buf)?;
+        self.pipe.corked += n;
         Ok(n)
     }
 
     fn shutdown_write(&mut self) {
         self.pipe.server_fin = true;
+        self.pipe.corked = 0;
     }
 
     fn unsent(&self) -> usize {
