@@ -719,12 +719,10 @@ if [ ${#BACKENDS[@]} -gt 1 ]; then uring=1; fi
         awk '{c = $1; $1 = ""; printf "%s%s (%d runs)", (NR > 1 ? ", " : ""), substr($0, 2), c}')
     if [ -n "$failed" ]; then echo; echo "Runs that failed or had errors: $failed"; fi
     echo
-    echo "New connection per request (churn): requests/s are connections/s, CPU per request is server CPU per connection (accept, request, answer, close). ab sends HTTP/1.0 without keep-alive; wrk sends HTTP/1.1 with \`Connection: close\` and opens a new connection after each answer."
+    echo "New connection per request (churn): requests/s are connections/s, CPU per request is server CPU per connection (accept, request, answer, close). ab sends HTTP/1.0 without keep-alive; wrk sends HTTP/1.1 with \`Connection: close\` and opens a new connection after each answer. Deferred accept: reactor --defer-accept against nginx's \`listen ... deferred\` (both TCP_DEFER_ACCEPT: the kernel hands a connection over once its request has come)."
     echo
     echo "| load | reactor conns/s | nginx conns/s | ratio | reactor CPU/conn (µs) | nginx CPU/conn (µs) | ratio |"
     echo "|---|---|---|---|---|---|---|"
-    echo "Deferred accept: reactor --defer-accept against nginx's \`listen ... deferred\` (both TCP_DEFER_ACCEPT, the kernel's wake-up comes with the request)."
-    echo
     for load in churn10 churn11 churn10d churn11d; do
         echo "| $(load_label "$load") | $(pair "$load" rps 0) | $(pair "$load" cpu_us 1) |"
     done
