@@ -12,7 +12,7 @@
 #   A  http over TLS (certificate, key, session-ticket key), worker pool (--work sleep:1ms)
 #   B  echo with a memory budget (--max-buffer-memory 64MiB)
 #   C  json behind the PROXY protocol v2, worker pool (--work sleep:2ms)
-#   D  plain http
+#   D  plain http, accepts deferred until the request comes (--defer-accept)
 # The load runs in cycles. Each starts, for LOAD seconds (an eighth of the run, 10 to 60):
 #   A  reactor-chaos over TLS (exchanges ending in keep-alive, half-close, graceful close,
 #      slow reading, abort, reset); reactor-bench with a new connection per request, one
@@ -116,7 +116,7 @@ fail() {
 # The servers.
 servers=(A B C D)
 declare -A port mport pid fd0 desc
-desc[A]="http+TLS+pool" desc[B]="echo+budget+faults" desc[C]="json+PROXY v2+pool" desc[D]="http churn"
+desc[A]="http+TLS+pool" desc[B]="echo+budget+faults" desc[C]="json+PROXY v2+pool" desc[D]="http churn, deferred accept"
 for s in "${servers[@]}"; do
     port[$s]=$(free_port)
     mport[$s]=$(free_port)
@@ -133,7 +133,7 @@ pool=(--workers 2 --workers-max 4 --worker-idle 5s)
 start_server A --protocol http "${tls_args[@]}" "${pool[@]}" --work sleep:1ms
 start_server B --protocol echo --max-buffer-memory 64MiB
 start_server C --protocol json --proxy-protocol v2 "${pool[@]}" --work sleep:2ms
-start_server D --protocol http
+start_server D --protocol http --defer-accept
 for s in "${servers[@]}"; do
     if ! { wait_port "${port[$s]}" "${pid[$s]}" && wait_port "${mport[$s]}" "${pid[$s]}"; }; then
         echo "soak.sh: server $s did not start:" >&2

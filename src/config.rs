@@ -258,8 +258,8 @@ pub struct Config {
 
     /// Accept a TCP connection only once its first bytes have arrived
     /// (TCP_DEFER_ACCEPT, Linux; nginx's `deferred`, HAProxy's `defer-accept`): the
-    /// request and the accept then take one wake-up, and a new connection per request
-    /// costs less. A client that connects and says nothing is accepted only after
+    /// request and the accept then take one wake-up, and a connection answered and
+    /// closed then (a new connection per request) is never registered with epoll. A client that connects and says nothing is accepted only after
     /// about a second or more (when the kernel gives up waiting), so leave it off for a
     /// protocol where the server speaks first.
     #[cfg_attr(feature = "cli", arg(long))]

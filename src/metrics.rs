@@ -246,6 +246,14 @@ impl Collector for Sources {
         )?;
         counter(
             &mut e,
+            "reactor_lingering_closes",
+            "Closes that lingered (shut down, then the peer's bytes read and dropped until \
+             its FIN) so that a reset would not destroy answers it had not read.",
+            None,
+            t.lingers,
+        )?;
+        counter(
+            &mut e,
             "reactor_pushes",
             "Pushes placed on their connection's output.",
             None,

@@ -54,6 +54,10 @@ pub struct Counters {
     /// Connections closed because they sent more than `max_input` bytes their
     /// protocol did not consume (one request larger than any it accepts).
     pub input_overflows: u64,
+    /// Closes that lingered: our side shut down, then the peer's bytes read and dropped
+    /// until its FIN (or 2 s), so that a reset does not destroy answers it has not
+    /// read (error answers, pipelining peers, drains, bytes left unread).
+    pub lingers: u64,
     /// Connections closed because the peer vanished while idle: TCP keep-alive probes
     /// went unanswered.
     pub keepalive_timeouts: u64,
@@ -163,6 +167,7 @@ impl AddAssign for Counters {
         self.requests += o.requests;
         self.decode_panics += o.decode_panics;
         self.input_overflows += o.input_overflows;
+        self.lingers += o.lingers;
         self.refused_by_protocol += o.refused_by_protocol;
         self.keepalive_timeouts += o.keepalive_timeouts;
         self.user_timeouts += o.user_timeouts;
@@ -219,7 +224,7 @@ impl fmt::Display for Counters {
              idle_timeouts={} read_timeouts={} write_timeouts={} keepalive_timeouts={} \
              user_timeouts={} io_errors={} \
              accept_fd_errors={} bytes_in={} bytes_out={} buffers_lent={} cut_at_shutdown={} \
-             rejected_per_ip={} decode_panics={} input_overflows={}",
+             rejected_per_ip={} decode_panics={} input_overflows={} lingers={}",
             self.open,
             self.accepted,
             self.rejected,
@@ -240,6 +245,7 @@ impl fmt::Display for Counters {
             self.rejected_per_ip,
             self.decode_panics,
             self.input_overflows,
+            self.lingers,
         )?;
         if self.buffer_memory > 0 {
             write!(f, " buffer_memory={}", self.buffer_memory)?;

@@ -131,3 +131,66 @@ fn output_left_by_the_first_drive_is_written_when_room_comes() {
     let c = wait_stats(&srv, |c| c.closed == 1);
     assert_eq!((c.accepted, c.requests, c.buffers_lent), (1, 2, 0), "{c}");
 }
+
+/// A connection waiting in the accept queue when a drain begins is taken by the drain
+/// and served as the drain says: its answer tells the client the connection closes
+/// (it is not driven before the drain begins, where its keep-alive answer would be
+/// followed at once by a close the client was not told of).
+#[test]
+fn a_connection_taken_by_the_drain_is_told_the_connection_closes() {
+    use reactor::http::{App, Response};
+    use std::sync::{Arc, Condvar, Mutex};
+    // (handler entered, handler released)
+    let gate = Arc::new((Mutex::new((false, false)), Condvar::new()));
+    let g = gate.clone();
+    let app = App::new(move |req: reactor::http::Request| {
+        if req.path() == "/block" {
+            let (lock, cv) = &*g;
+            let mut st = lock.lock().unwrap();
+            st.0 = true;
+            cv.notify_all();
+            while !st.1 {
+                st = cv.wait(st).unwrap();
+            }
+        }
+        Response::new(200).body("ok")
+    });
+    let cfg = reactor::Config::default()
+        .addr("127.0.0.1:0".parse().unwrap())
+        .threads(1)
+        .defer_accept(true)
+        .stats_interval(Duration::ZERO);
+    let srv = reactor::Server::start_with(&cfg, app).unwrap();
+    // The loop blocks in A's handler.
+    let mut a = connect(srv.local_addr());
+    send(&mut a, b"GET /block HTTP/1.1\r\nHost: a\r\n\r\n");
+    {
+        let (lock, cv) = &*gate;
+        let mut st = lock.lock().unwrap();
+        while !st.0 {
+            st = cv.wait_timeout(st, DEADLINE).unwrap().0;
+        }
+    }
+    // B's keep-alive request is in the accept queue (its bytes came, so the kernel
+    // queued it) when the drain is asked for.
+    let mut b = connect(srv.local_addr());
+    send(&mut b, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+    srv.shutdown();
+    {
+        let (lock, cv) = &*gate;
+        lock.lock().unwrap().1 = true;
+        cv.notify_all();
+    }
+    let ra = read_response(&mut BufReader::new(&a));
+    assert_eq!(ra.status, 200);
+    let rb = read_response(&mut BufReader::new(&b));
+    assert_eq!((rb.status, &rb.body[..]), (200, &b"ok"[..]));
+    assert_eq!(
+        rb.headers.get("connection").map(String::as_str),
+        Some("close"),
+        "the drain's answer says the connection closes: {:?}",
+        rb.headers
+    );
+    let c = srv.join().unwrap();
+    assert_eq!((c.accepted, c.closed, c.requests), (2, 2, 2), "{c}");
+}

@@ -6,8 +6,9 @@
 //! must add up (every connection closed, none for a reason it should not have, no
 //! timeout that was not due); and the server must still answer a clean run afterwards.
 //!
-//! The server defers its accepts (`--defer-accept`): a connection is driven first with
-//! whatever part of its first bytes came, then registered.
+//! Over TLS and behind PROXY headers the server defers its accepts (`--defer-accept`):
+//! a connection is driven first with whatever part of its first bytes came, then
+//! registered.
 //!
 //! The timeouts, through the same proxy in this process: a request stalled past
 //! `--read-timeout` is closed and counted, a request dribbled past it is too (later
@@ -122,11 +123,17 @@ fn case(proto: &str, mode: Mode, certs: Option<&TestCerts>) -> String {
         Mode::Pool if proto == "echo" => ("--workers 2".to_string(), String::new()),
         Mode::Pool => ("--workers 2 --work spin:20us".to_string(), String::new()),
     };
-    // Accepts deferred until the first bytes come: each new connection is driven
-    // before its registration, with whatever part of a header, a handshake or a
-    // request the proxy's slicing let through first.
+    // Over TLS and behind PROXY headers, accepts are deferred until the first bytes
+    // come: each new connection is driven before its registration, with whatever part
+    // of a handshake or a header the proxy's slicing let through first. Plain and
+    // pooled cases keep the default accepts.
+    let defer = if matches!(mode, Mode::Tls | Mode::Proxy) {
+        "--defer-accept"
+    } else {
+        ""
+    };
     let srv = Server::start(&format!(
-        "--protocol {proto} --threads 2 --defer-accept {server_mode}"
+        "--protocol {proto} --threads 2 {defer} {server_mode}"
     ));
     let v = run_chaos(
         srv.addr,

@@ -237,11 +237,11 @@ fn malformed_requests_get_their_status_while_another_connection_is_served() {
 }
 
 /// A clean end (one request that asked to close, answered, nothing after it) is closed
-/// at once: no shutdown, no lingering read waiting for the client's FIN, so the
-/// server's socket is already released (inode 0, the kernel finishing alone) when the
-/// client reads the end of the answer, while the client still holds its end. An error
-/// answer keeps the linger (the client may still be sending its body), as does a
-/// pipelining client.
+/// at once, with no lingering read waiting for the client's FIN: the connection is
+/// counted closed while the client still holds its end, and no linger is counted. An
+/// error answer keeps the linger (the client may still be sending its body), as does a
+/// pipelining client: the server still holds its socket (inode not 0) when the client
+/// reads the end, and a linger is counted.
 #[test]
 fn a_clean_end_closes_at_once_and_an_error_lingers() {
     let srv = in_process("--protocol http");
@@ -251,7 +251,8 @@ fn a_clean_end_closes_at_once_and_an_error_lingers() {
             .into_iter()
             .find(|r| r.local_port == srv.local_addr().port() && r.remote_port == me)
     };
-    for (request, lingers) in [
+    let mut lingers = 0;
+    for (i, (request, lingering)) in [
         (&b"GET / HTTP/1.0\r\n\r\n"[..], false),
         (b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", false),
         // A body over the limit: 413, and the client may still be sending it.
@@ -261,28 +262,36 @@ fn a_clean_end_closes_at_once_and_an_error_lingers() {
             b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
             true,
         ),
-    ] {
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let what = String::from_utf8_lossy(request);
         let mut c = connect(srv.local_addr());
         send(&mut c, request);
         let (got, _) = read_to_close(&mut c);
         assert!(got.starts_with(b"HTTP/1."), "{:?}", String::from_utf8_lossy(&got));
         // The client has read the server's FIN and still holds its socket.
-        let row = server_side(&c).expect("the server's side of the connection");
-        assert_eq!(
-            row.inode != 0,
-            lingers,
-            "{:?}: the server {} its socket",
-            String::from_utf8_lossy(request),
-            if lingers { "should hold" } else { "still holds" }
-        );
+        if lingering {
+            let row = server_side(&c).expect("the server's side of the connection");
+            assert_ne!(row.inode, 0, "{what:?}: the server should hold its socket");
+            lingers += 1;
+            wait_stats(&srv, |s| s.lingers == lingers);
+        } else {
+            let s = wait_stats(&srv, |s| s.closed == i as u64 + 1);
+            assert_eq!(s.lingers, lingers, "{what:?}: a clean end lingered: {s}");
+        }
         drop(c);
+        wait_stats(&srv, |s| s.closed == i as u64 + 1);
     }
 }
 
 /// A clean end sends its answer and its FIN in one segment: the answer is written
 /// with MSG_MORE and the close tacks the FIN on. The client receives the SYN-ACK, the
-/// ACK of its request and that one segment (it was four, the FIN alone). Not so for an
-/// answer on a connection that stays open.
+/// ACK of its request and that one segment (it was four, the FIN alone). Ten tries of
+/// each kind, nine of which must show it: a server thread preempted for a couple of
+/// hundred milliseconds between the write and the close lets the kernel send the
+/// answer alone, which is slower but not wrong.
 #[cfg(target_os = "linux")]
 #[test]
 fn a_clean_end_sends_its_answer_and_fin_in_one_segment() {
@@ -311,17 +320,49 @@ fn a_clean_end_sends_its_answer_and_fin_in_one_segment() {
         &b"GET / HTTP/1.0\r\n\r\n"[..],
         b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
     ] {
-        let mut c = connect(srv.local_addr());
-        send(&mut c, request);
-        let (got, closed) = read_to_close(&mut c);
-        assert!(closed && got.starts_with(b"HTTP/1."), "{got:?}");
-        let n = segs_in(&c);
+        let mut segments = Vec::new();
+        for _ in 0..10 {
+            let mut c = connect(srv.local_addr());
+            send(&mut c, request);
+            let (got, closed) = read_to_close(&mut c);
+            assert!(closed && got.starts_with(b"HTTP/1."), "{got:?}");
+            segments.push(segs_in(&c));
+        }
+        let together = segments.iter().filter(|&&n| n <= 3).count();
         assert!(
-            n <= 3,
-            "{:?}: {n} segments received, the answer and the FIN apart",
+            together >= 9,
+            "{:?}: segments received per connection {segments:?}: the answer and the \
+             FIN apart",
             String::from_utf8_lossy(request)
         );
     }
+}
+
+/// A clean end's answer waits in the kernel for the FIN. A byte the peer sends after
+/// its request, before the close (an old client's extra CRLF, arriving while the
+/// handler runs), turns the close into a reset, which drops the send queue: the answer
+/// must have left by then (the FIN is sent with it before the close).
+#[test]
+fn a_byte_after_the_request_does_not_reset_a_held_answer_away() {
+    use reactor::http::{App, Response};
+    let cfg = reactor::Config::default()
+        .addr("127.0.0.1:0".parse().unwrap())
+        .threads(1)
+        .stats_interval(std::time::Duration::ZERO);
+    let app = App::new(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        Response::new(200).body("held")
+    });
+    let srv = reactor::Server::start_with(&cfg, app).unwrap();
+    let mut c = connect(srv.local_addr());
+    send(&mut c, b"GET / HTTP/1.0\r\n\r\n");
+    // While the handler runs (the request was read alone, so its end is clean).
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    send(&mut c, b"\r\n");
+    let (got, closed) = read_to_close(&mut c);
+    assert!(closed, "the server closed");
+    let r = read_response(&mut &got[..]);
+    assert_eq!((r.status, &r.body[..]), (200, &b"held"[..]));
 }
 
 /// A clean end whose answer is still going out when the peer sends a byte more (an old

@@ -162,6 +162,8 @@ pub(crate) struct ConnIo<H: Handler> {
     /// does not take is copied into a pooled buffer of the connection (the mirror of
     /// how input is read). Empty between two decodes.
     pub(super) out: BytesMut,
+    /// This drive wrote a clean end's answer held back for the FIN (`write_last`).
+    held: bool,
     pub clock: Clock,
     /// Milliseconds since the shard started, read once per turn.
     pub now: u64,
@@ -206,6 +208,7 @@ impl<H: Handler> ConnIo<H> {
             wheel,
             scratch: vec![0u8; SCRATCH].into_boxed_slice(),
             out: BytesMut::with_capacity(OUT_SCRATCH),
+            held: false,
             clock: Clock::default(),
             now: 0,
             stats: Counters::default(),
@@ -268,6 +271,7 @@ impl<H: Handler> ConnIo<H> {
         let mut last_short = false;
         let ending_before = conn.stage == Stage::Ending;
         let out_before = self.stats.bytes_out;
+        self.held = false;
         loop {
             if conn.held_until() != 0 || conn.stage != Stage::Serving {
                 break;
@@ -400,6 +404,12 @@ impl<H: Handler> ConnIo<H> {
                     && sock.unsent() == 0
                     && !self.unread(sock, conn)?)
             {
+                if self.held && !conn.has(PEER_EOF) {
+                    // The answer waits in the kernel for the FIN. A byte arriving
+                    // before the close would turn it into a reset, which drops the
+                    // send queue and the answer with it: send answer and FIN now.
+                    sock.shutdown_write();
+                }
                 return Err(Close::Normal);
             }
             conn.stage = Stage::Closing;
@@ -417,6 +427,7 @@ impl<H: Handler> ConnIo<H> {
             }
             sock.shutdown_write();
             conn.stage = Stage::Lingering;
+            self.stats.lingers += 1;
             conn.since = Stamp::at(self.now);
             if self.paused {
                 // The linger reads: not while reading is paused.
@@ -896,6 +907,7 @@ impl<H: Handler> ConnIo<H> {
             }
         }
         self.stats.bytes_out += done as u64;
+        self.held |= last && done > 0;
         if done < self.out.len() {
             let mut b = self.pool.get();
             b.extend_from_slice(&self.out[done..]);

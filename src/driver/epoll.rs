@@ -286,10 +286,11 @@ impl<C: Core> Driver<C> {
     /// still open afterwards is registered edge-triggered; registering reports what
     /// arrived since the read, so no edge is lost between the two. Otherwise the
     /// request has seldom come yet: the connection is registered and waits for it.
+    /// (A drain's last accepts are registered too: see `drain`.)
     fn accept(&mut self) {
+        let deferred = self.acceptor.deferred;
         let (core, table, dead_peer) = (&mut self.core, &mut self.table, self.dead_peer);
         let open = core.open_count();
-        let eager = self.acceptor.deferred;
         self.acceptor.accept(self.now, open, |sock, peer| {
             let fd = match sock {
                 Accepted::Tcp(s) => {
@@ -307,7 +308,11 @@ impl<C: Core> Driver<C> {
             };
             // The descriptor is the connection's now (see `Table`).
             let mut interest = Interest::READABLE;
-            if eager {
+            // Not once a drain is asked for (the drain's last accepts, or a shutdown
+            // asked while an earlier connection of this batch was served): such a
+            // connection is served as the drain says, its answer telling the client
+            // that the connection closes.
+            if deferred && !core.drain_wanted() {
                 table.fresh.set(Fresh::Open { key, write: false });
                 core.ready(table, key, false);
                 match table.fresh.replace(Fresh::None) {

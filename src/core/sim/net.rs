@@ -180,8 +180,9 @@ impl Socket for SimSock<'_> {
     }
 
     fn write_last(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let held = self.pipe.corked;
         let n = self.write(buf)?;
-        self.pipe.corked += n;
+        self.pipe.corked = held + n;
         Ok(n)
     }
 
@@ -229,7 +230,15 @@ impl Sockets for Net {
 
     fn close(&mut self, key: usize, _: u32) {
         match self.pipes.get_mut(key).and_then(Option::take) {
-            Some(pipe) => self.closed.push((key, pipe)),
+            Some(mut pipe) => {
+                if !pipe.to_server.is_empty() && !pipe.server_fin {
+                    // Closed with bytes unread: the kernel resets the connection and
+                    // drops its send queue, so bytes held back for a FIN never leave.
+                    let sent = pipe.to_client.len() - pipe.corked;
+                    pipe.to_client.truncate(sent);
+                }
+                self.closed.push((key, pipe));
+            }
             None => {
                 self.violation
                     .get_or_insert_with(|| format!("closed key {key} twice"));
