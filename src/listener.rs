@@ -1,5 +1,5 @@
-//! Socket options: the listener (SO_REUSEADDR, SO_REUSEPORT, backlog) and the accepted
-//! sockets (TCP_NODELAY, TCP keep-alive), plus the open-files limit.
+//! Socket options: the listener (SO_REUSEADDR, SO_REUSEPORT, backlog, TCP_DEFER_ACCEPT)
+//! and the accepted sockets (TCP_NODELAY, TCP keep-alive), plus the open-files limit.
 
 use std::io;
 use std::net::SocketAddr;

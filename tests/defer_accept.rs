@@ -40,9 +40,11 @@ fn a_silent_client_is_accepted_when_it_speaks() {
 }
 
 /// Many new connections per request at once, HTTP/1.0 and HTTP/1.1 with `Connection:
-/// close`, and keep-alive connections whose first request came with the accept: every
-/// answer whole, the keep-alive ones still heard after their first drive (registered
-/// then), and the counters add up.
+/// close`, keep-alive connections whose first request came with the accept, and
+/// keep-alive requests followed at once by the client's half-close: every answer
+/// whole, the keep-alive ones still heard after their first drive (registered then),
+/// the half-closed ones closed after their answer (the end of stream is seen after the
+/// registration), and the counters add up.
 #[test]
 fn churn_and_keep_alive_are_served_with_deferred_accepts() {
     const THREADS: usize = 4;
@@ -54,7 +56,7 @@ fn churn_and_keep_alive_are_served_with_deferred_accepts() {
             s.spawn(move || {
                 for i in 0..PER_THREAD {
                     let mut c = connect(addr);
-                    match i % 3 {
+                    match i % 4 {
                         0 => {
                             send(&mut c, b"GET / HTTP/1.0\r\n\r\n");
                             let (got, closed) = read_to_close(&mut c);
@@ -72,7 +74,7 @@ fn churn_and_keep_alive_are_served_with_deferred_accepts() {
                             let r = read_response(&mut &got[..]);
                             assert_eq!(r.body, b"Hello, World!", "thread {t} #{i}");
                         }
-                        _ => {
+                        2 => {
                             // The second request comes after the first drive, so only a
                             // registration after it can make it heard.
                             let mut r = BufReader::new(c.try_clone().unwrap());
@@ -82,13 +84,21 @@ fn churn_and_keep_alive_are_served_with_deferred_accepts() {
                                 assert_eq!(resp.body, b"Hello, World!", "thread {t} #{i}");
                             }
                         }
+                        _ => {
+                            send(&mut c, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+                            c.shutdown(std::net::Shutdown::Write).unwrap();
+                            let (got, closed) = read_to_close(&mut c);
+                            assert!(closed, "thread {t} #{i}: no close after the half-close");
+                            let r = read_response(&mut &got[..]);
+                            assert_eq!(r.body, b"Hello, World!", "thread {t} #{i}");
+                        }
                     }
                 }
             });
         }
     });
     let n = (THREADS * PER_THREAD) as u64;
-    let keep_alive = (THREADS * (PER_THREAD / 3)) as u64;
+    let keep_alive = (THREADS * (PER_THREAD / 4)) as u64;
     let c = wait_stats(&srv, |c| c.closed == n);
     assert_eq!(
         (
@@ -112,11 +122,7 @@ fn churn_and_keep_alive_are_served_with_deferred_accepts() {
 fn output_left_by_the_first_drive_is_written_when_room_comes() {
     use reactor::http::{App, Response};
     const BODY: usize = 16 << 20;
-    let cfg = reactor::Config::default()
-        .addr("127.0.0.1:0".parse().unwrap())
-        .threads(1)
-        .defer_accept(true)
-        .stats_interval(Duration::ZERO);
+    let cfg = loopback_config().defer_accept(true);
     let app = App::new(|_| Response::new(200).body(vec![b'x'; BODY]));
     let srv = reactor::Server::start_with(&cfg, app).unwrap();
     let mut c = connect(srv.local_addr());
@@ -155,11 +161,7 @@ fn a_connection_taken_by_the_drain_is_told_the_connection_closes() {
         }
         Response::new(200).body("ok")
     });
-    let cfg = reactor::Config::default()
-        .addr("127.0.0.1:0".parse().unwrap())
-        .threads(1)
-        .defer_accept(true)
-        .stats_interval(Duration::ZERO);
+    let cfg = loopback_config().defer_accept(true);
     let srv = reactor::Server::start_with(&cfg, app).unwrap();
     // The loop blocks in A's handler.
     let mut a = connect(srv.local_addr());

@@ -195,10 +195,7 @@ fn a_server_that_fails_to_start_leaves_nothing_serving() {
 /// address, unless asked to share (the SO_REUSEPORT restart).
 #[test]
 fn a_second_server_on_a_served_address_fails_unless_asked_to_share() {
-    let cfg = reactor::Config::default()
-        .addr("127.0.0.1:0".parse().unwrap())
-        .threads(2)
-        .stats_interval(std::time::Duration::ZERO);
+    let cfg = loopback_config().threads(2);
     let first = reactor::Server::start(&cfg).expect("the first server starts");
     let addr = first.local_addr();
     let err = reactor::Server::start(&cfg.clone().addr(addr.into()))

@@ -345,10 +345,7 @@ fn a_clean_end_sends_its_answer_and_fin_in_one_segment() {
 #[test]
 fn a_byte_after_the_request_does_not_reset_a_held_answer_away() {
     use reactor::http::{App, Response};
-    let cfg = reactor::Config::default()
-        .addr("127.0.0.1:0".parse().unwrap())
-        .threads(1)
-        .stats_interval(std::time::Duration::ZERO);
+    let cfg = loopback_config();
     let app = App::new(|_| {
         std::thread::sleep(std::time::Duration::from_millis(200));
         Response::new(200).body("held")
@@ -373,10 +370,7 @@ fn a_byte_after_the_request_does_not_reset_a_held_answer_away() {
 fn bytes_sent_during_a_long_answer_turn_a_clean_end_into_a_linger() {
     use reactor::http::{App, Response};
     const BODY: usize = 4 << 20;
-    let cfg = reactor::Config::default()
-        .addr("127.0.0.1:0".parse().unwrap())
-        .threads(1)
-        .stats_interval(std::time::Duration::ZERO);
+    let cfg = loopback_config();
     let app = App::new(|_| Response::new(200).body(vec![b'x'; BODY]));
     let srv = reactor::Server::start_with(&cfg, app).unwrap();
     let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();

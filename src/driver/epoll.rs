@@ -108,20 +108,8 @@ impl Socket for MioSock<'_> {
 
     #[cfg(any(target_os = "linux", target_os = "android"))]
     fn write_last(&mut self, buf: &[u8]) -> io::Result<usize> {
-        // SAFETY: send reads at most `buf.len()` bytes from `buf`; the descriptor is the
-        // connection's, open while lent.
-        let n = unsafe {
-            libc::send(
-                self.stream.as_raw_fd(),
-                buf.as_ptr().cast(),
-                buf.len(),
-                libc::MSG_MORE | libc::MSG_NOSIGNAL,
-            )
-        };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(n as usize)
+        socket2::SockRef::from(&*self.stream)
+            .send_with_flags(buf, libc::MSG_MORE | libc::MSG_NOSIGNAL)
     }
 
     fn unsent(&self) -> usize {

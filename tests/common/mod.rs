@@ -200,6 +200,16 @@ impl Drop for Server {
     }
 }
 
+/// The library's configuration for a test server in this process: 127.0.0.1:0, one
+/// thread, no periodic stats line (for `reactor::Server::start_with` and a handler of
+/// the test's own).
+pub fn loopback_config() -> reactor::Config {
+    reactor::Config::default()
+        .addr("127.0.0.1:0".parse().unwrap())
+        .threads(1)
+        .stats_interval(Duration::ZERO)
+}
+
 /// Starts a server in this process, with the binary's command-line `args` (on
 /// 127.0.0.1:0 and one thread unless they say otherwise): for tests that need no signal,
 /// no limit of their own and no log line. `local_addr()`, `stats()` and
